@@ -1,0 +1,156 @@
+"""The settings of each job, as dataclasses with defaults.
+
+Torch-free on purpose: the CLI reads choices and defaults from here to build its help without
+importing torch. Each job module takes one of these and returns a result dataclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rnnlm_cli.errors import ConfigError
+from rnnlm_cli.tokenizers import DEFAULT_CHARACTER_COVERAGE, KINDS
+
+DEVICES = ("auto", "cpu", "cuda")
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+OPTIMIZERS = ("sgd", "adam")
+DEFAULT_LR = {"sgd": 20.0, "adam": 1e-3}
+CONTEXTS = ("stream", "line")
+# settings that shape the model's weights (ModelConfig takes them, with the vocabulary size)
+ARCHITECTURE = ("cell", "emb_size", "hidden_size", "layers", "dropout", "tie_weights", "init_range")
+
+
+def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+def check_architecture(settings: dict[str, Any]) -> None:
+    """Fail with a user-facing message on model settings that cannot work (shared by configs and checkpoints)."""
+    _choice(settings["cell"], CELLS, "cell")
+    for name in ("emb_size", "hidden_size", "layers"):
+        if settings[name] < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {settings[name]}")
+    if not 0 <= settings["dropout"] < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), not {settings['dropout']}")
+    if settings["tie_weights"] and settings["emb_size"] != settings["hidden_size"]:
+        raise ConfigError(
+            f"--tie-weights needs --emb-size equal to --hidden-size "
+            f"(got {settings['emb_size']} and {settings['hidden_size']})"
+        )
+
+
+def _device(value: str) -> None:
+    if value not in DEVICES and not value.startswith("cuda:"):
+        raise ConfigError(f"unknown device {value!r}; choose one of {', '.join(DEVICES)} (or cuda:N)")
+
+
+@dataclass
+class TokenizeConfig:
+    train: str  # the only text the vocabulary (or sentencepiece model) is built from; "-" is stdin
+    out: str  # dataset directory to write
+    valid: str | None = None
+    test: str | None = None
+    kind: str = "word"  # word | char | bpe | unigram
+    vocab_size: int | None = None  # None: every word/char seen min_freq times; 8000 for sentencepiece
+    min_freq: int = 1  # word and char only: rarer units become <unk>
+    lowercase: bool = False
+    character_coverage: float = DEFAULT_CHARACTER_COVERAGE  # bpe/unigram: share of characters kept whole
+
+    def __post_init__(self) -> None:
+        _choice(self.kind, KINDS, "tokenizer kind")
+        if not 0 < self.character_coverage <= 1:
+            raise ConfigError("--character-coverage must be in (0, 1]")
+        paths = [p for p in (self.train, self.valid, self.test) if p is not None]
+        if paths.count("-") > 1:
+            raise ConfigError("standard input (-) can feed only one of TRAIN, --valid and --test")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str  # a directory written by `rnnlm tokenize`
+    out: str  # best-validation checkpoint; the latest state goes beside it as <stem>.last<suffix>
+    cell: str = "lstm"  # rnn_tanh | rnn_relu | lstm | gru
+    layers: int = 2
+    emb_size: int = 200
+    hidden_size: int = 200
+    dropout: float = 0.2  # on embeddings, between layers and on the top layer's output
+    tie_weights: bool = False  # share embedding and output matrices; needs emb_size == hidden_size
+    init_range: float = 0.1  # uniform init of embedding and output weights in [-r, r]
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float | None = None  # None: 20 for sgd, 0.001 for adam (filled in on construction)
+    clip: float = 0.25  # maximum global gradient norm; 0 turns clipping off
+    bptt: int = 35  # time steps per truncated back-propagation window
+    batch_size: int = 20  # parallel streams
+    epochs: int = 40
+    lr_decay: float = 4.0  # divide the learning rate by this when validation does not improve; 1 never
+    patience: int = 5  # stop after this many epochs in a row without improvement; 0 never stops early
+    seed: int = 1111
+    device: str = "auto"  # auto | cpu | cuda
+    max_time: float | None = None  # seconds for this run; stops cleanly with both checkpoints saved
+    valid_fraction: float = 0.05  # of training lines held out when the dataset has no valid split
+
+    def __post_init__(self) -> None:
+        check_architecture(self.architecture())
+        _choice(self.optimizer, OPTIMIZERS, "optimizer")
+        _device(self.device)
+        for name in ("bptt", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.optimizer]
+        if self.lr <= 0:
+            raise ConfigError("--lr must be positive")
+        if self.clip < 0 or self.patience < 0:
+            raise ConfigError("--clip and --patience cannot be negative")
+        if self.lr_decay < 1:
+            raise ConfigError("--lr-decay divides the learning rate; it must be at least 1")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ConfigError("--max-time must be positive")
+        if not 0 < self.valid_fraction < 1:
+            raise ConfigError("valid_fraction must be between 0 and 1")
+
+    def architecture(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in ARCHITECTURE}
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str
+    inputs: list[str]  # text files; "-" is standard input
+    context: str = "stream"  # stream | line (see rnnlm_cli.evaluate)
+    batch_size: int = 64  # lines per forward call in line mode; never changes the result
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice(self.context, CONTEXTS, "context mode")
+        _device(self.device)
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size must be at least 1")
+        if not self.inputs:
+            raise ConfigError("give at least one text file to evaluate (or - for stdin)")
+        if self.inputs.count("-") > 1:
+            raise ConfigError("standard input (-) can be read only once")
+
+
+@dataclass
+class SampleConfig:
+    checkpoint: str
+    prompts: list[str] = field(default_factory=lambda: [""])  # "" starts at the beginning of a line
+    num_samples: int = 1  # per prompt
+    max_tokens: int = 50  # generated tokens per sample, at most
+    temperature: float = 1.0  # 0 picks the most likely token (greedy)
+    top_k: int = 0  # sample among the k most likely tokens; 0 keeps all
+    seed: int = 0
+    device: str = "auto"
+    stop_at_eos: bool | None = None  # None: stop at the line end, except for character models
+
+    def __post_init__(self) -> None:
+        _device(self.device)
+        if self.num_samples < 1 or self.max_tokens < 1:
+            raise ConfigError("--num-samples and --max-tokens must be at least 1")
+        if self.temperature < 0:
+            raise ConfigError("--temperature cannot be negative")
+        if self.top_k < 0:
+            raise ConfigError("--top-k cannot be negative")

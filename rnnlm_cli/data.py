@@ -1,0 +1,259 @@
+"""Dataset directories and batching for truncated back-propagation through time.
+
+A dataset directory holds:
+
+- ``tokenizer.json`` — the tokenizer as plain data (a sentencepiece model as base64);
+- ``train.ids``, ``valid.ids``, ``test.ids`` — each split as one flat little-endian array of token
+  ids (``uint16`` when the vocabulary fits, else ``uint32``), with the end-of-sentence id after
+  every line; training reads them by memory map;
+- ``meta.json`` — written last: sources (name, sha256), lines, tokens and OOV counts per split.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rnnlm_cli import __version__
+from rnnlm_cli.config import TokenizeConfig
+from rnnlm_cli.errors import DatasetError, TokenizerError
+from rnnlm_cli.textio import TextFile, read_text
+from rnnlm_cli.tokenizers import Tokenizer, tokenizer_from_dict, train_tokenizer
+
+DATASET_FORMAT = "rnnlm-dataset"
+DATASET_VERSION = 1
+SPLITS = ("train", "valid", "test")
+META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"
+_ENCODE_CHUNK_LINES = 10_000
+
+
+@dataclass
+class SplitSummary:
+    split: str  # train | valid | test
+    source: str  # the text file it was encoded from, as given
+    sha256: str  # of the source file's bytes
+    lines: int
+    tokens: int  # token ids written, one end-of-sentence id per line included
+    oov: int  # words (or characters) outside the vocabulary, written as <unk>
+
+    @property
+    def oov_rate(self) -> float:
+        """OOV units over the tokens that are not end-of-sentence."""
+        return self.oov / max(self.tokens - self.lines, 1)
+
+
+@dataclass
+class DatasetSummary:
+    directory: str
+    kind: str
+    vocab_size: int
+    dtype: str
+    splits: list[SplitSummary] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "kind": self.kind,
+            "vocab_size": self.vocab_size,
+            "dtype": self.dtype,
+            "splits": [{**asdict(split), "oov_rate": split.oov_rate} for split in self.splits],
+        }
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+
+
+def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
+    """Build the tokenizer from ``config.train`` only and write every split into ``config.out``."""
+    out = Path(config.out)
+    _check_writable_dataset_dir(out)
+    sources = {"train": config.train, "valid": config.valid, "test": config.test}
+    texts = {split: read_text(path) for split, path in sources.items() if path is not None}
+    if not any(line.strip() for line in texts["train"].lines):
+        raise DatasetError(f"{config.train}: the training text is empty")
+
+    tokenizer = train_tokenizer(
+        config.kind, texts["train"].lines, config.vocab_size, config.min_freq, config.lowercase,
+        config.character_coverage,
+    )
+    dtype = id_dtype(tokenizer.vocab_size)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META_FILE).unlink(missing_ok=True)  # the dataset is incomplete until meta.json is back
+    _write_atomic(out / TOKENIZER_FILE, json.dumps(tokenizer_to_json(tokenizer), ensure_ascii=False).encode())
+
+    summary = DatasetSummary(str(out), tokenizer.kind, tokenizer.vocab_size, dtype.name)
+    for split in SPLITS:
+        ids_file = out / f"{split}.ids"
+        if split not in texts:
+            ids_file.unlink(missing_ok=True)
+            continue
+        summary.splits.append(_encode_split(split, texts[split], tokenizer, dtype, ids_file))
+
+    meta = {
+        "format": DATASET_FORMAT,
+        "format_version": DATASET_VERSION,
+        "created_by": f"rnnlm {__version__}",
+        "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "lowercase": tokenizer.lowercase},
+        "dtype": dtype.name,
+        "splits": {s.split: {**asdict(s), "oov_rate": s.oov_rate, "file": f"{s.split}.ids"} for s in summary.splits},
+    }
+    _write_atomic(out / META_FILE, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
+    return summary
+
+
+def _check_writable_dataset_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).exists() and not (out / TOKENIZER_FILE).exists():
+        raise DatasetError(f"{out}: directory is not empty and holds no rnnlm dataset; choose another --out")
+
+
+def _encode_split(split: str, text: TextFile, tokenizer: Tokenizer, dtype: np.dtype, path: Path) -> SplitSummary:
+    tokens = oov = 0
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as file:
+        for start in range(0, len(text.lines), _ENCODE_CHUNK_LINES):
+            chunk = tokenizer.encode_many(text.lines[start : start + _ENCODE_CHUNK_LINES])
+            ids: list[int] = []
+            for encoded in chunk:
+                ids.extend(encoded.ids)
+                ids.append(tokenizer.eos_id)
+                oov += encoded.oov
+            np.asarray(ids, dtype=dtype).tofile(file)
+            tokens += len(ids)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+    return SplitSummary(split, text.name, text.sha256, len(text.lines), tokens, oov)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+
+
+def tokenizer_to_json(tokenizer: Tokenizer) -> dict[str, Any]:
+    data = tokenizer.to_dict()
+    if isinstance(data.get("model"), bytes):
+        data["model_base64"] = base64.b64encode(data.pop("model")).decode("ascii")
+    return data
+
+
+def tokenizer_from_json(data: dict[str, Any]) -> Tokenizer:
+    data = dict(data)
+    if "model_base64" in data:
+        data["model"] = base64.b64decode(data.pop("model_base64"))
+    return tokenizer_from_dict(data)
+
+
+class Dataset:
+    """A dataset directory opened for reading; splits come back as memory-mapped id arrays."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        meta_path = self.directory / META_FILE
+        if not self.directory.is_dir():
+            raise DatasetError(f"{directory}: no such dataset directory (create one with `rnnlm tokenize`)")
+        if not meta_path.exists():
+            raise DatasetError(f"{directory}: no {META_FILE}; not a finished dataset (run `rnnlm tokenize` again)")
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if self.meta.get("format") != DATASET_FORMAT:
+                raise ValueError("not an rnnlm dataset")
+            if self.meta.get("format_version", 0) > DATASET_VERSION:
+                raise ValueError("made by a newer rnnlm; upgrade rnnlm to read it")
+            self.dtype = np.dtype(self.meta["dtype"]).newbyteorder("<")
+            self.tokenizer = tokenizer_from_json(
+                json.loads((self.directory / TOKENIZER_FILE).read_text(encoding="utf-8"))
+            )
+        except (OSError, ValueError, KeyError, TypeError, TokenizerError) as error:
+            raise DatasetError(f"{directory}: unreadable dataset ({error})") from None
+
+    @property
+    def splits(self) -> list[str]:
+        return [split for split in SPLITS if split in self.meta["splits"]]
+
+    def split_info(self, split: str) -> dict[str, Any]:
+        return self.meta["splits"][split]
+
+    def ids(self, split: str) -> np.ndarray:
+        """The token ids of ``split``, memory-mapped (read-only)."""
+        if split not in self.meta["splits"]:
+            raise DatasetError(f"{self.directory}: has no {split} split")
+        info = self.meta["splits"][split]
+        path = self.directory / info["file"]
+        expected = info["tokens"] * self.dtype.itemsize
+        if not path.exists() or path.stat().st_size != expected:
+            raise DatasetError(f"{path}: missing or not {expected} bytes long; run `rnnlm tokenize` again")
+        if info["tokens"] == 0:
+            return np.zeros(0, dtype=self.dtype)
+        return np.memmap(path, dtype=self.dtype, mode="r")
+
+    def fingerprints(self) -> dict[str, dict[str, Any]]:
+        """What a checkpoint records about the text it was trained on."""
+        return {
+            split: {key: self.meta["splits"][split][key] for key in ("source", "sha256", "lines", "tokens")}
+            for split in self.splits
+        }
+
+
+class BPTTBatches:
+    """One token stream cut into ``batch_size`` parallel columns and windows of ``bptt`` steps.
+
+    Column ``j`` is a contiguous slice of the stream; the hidden state carries from one window to
+    the next within a column. Each target's input is the token before it, and the very first token
+    is predicted after ``<eos>``, so training sees the same context convention as evaluation. The
+    last ``len(ids) % batch_size`` tokens are left out, as in every BPTT trainer.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, eos_id: int) -> None:
+        self.batch_size = batch_size
+        self.bptt = bptt
+        self.column_length = len(ids) // batch_size
+        if self.column_length < 1:
+            raise DatasetError(f"{len(ids)} training tokens are too few for a batch size of {batch_size}")
+        usable = self.column_length * batch_size
+        self.targets = ids[:usable].reshape(batch_size, self.column_length)
+        # the token before each column's first target: <eos> for the stream's start
+        starts = np.arange(batch_size) * self.column_length
+        self.first_inputs = np.where(starts > 0, ids[np.maximum(starts - 1, 0)], eos_id).astype(np.int64)
+
+    def __len__(self) -> int:
+        return math.ceil(self.column_length / self.bptt)
+
+    @property
+    def tokens(self) -> int:
+        return self.column_length * self.batch_size
+
+    def __getitem__(self, index: int):
+        """``(inputs, targets)``, two int64 tensors of shape (batch_size, window)."""
+        import torch
+
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        start = index * self.bptt
+        stop = min(start + self.bptt, self.column_length)
+        targets = np.asarray(self.targets[:, start:stop], dtype=np.int64)
+        if start == 0:
+            inputs = np.concatenate([self.first_inputs[:, None], targets[:, :-1]], axis=1)
+        else:
+            inputs = np.asarray(self.targets[:, start - 1 : stop - 1], dtype=np.int64)
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def line_ends(ids: np.ndarray, eos_id: int) -> np.ndarray:
+    """Positions just after each end-of-sentence id: where each line of the stream ends."""
+    return np.flatnonzero(np.asarray(ids) == eos_id) + 1

@@ -1,0 +1,94 @@
+"""Reading UTF-8 text line by line from a file or from standard input (``-``)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from rnnlm_cli.errors import InputError
+
+STDIN = "-"
+_BOM = "\ufeff"
+
+
+@dataclass
+class TextFile:
+    """A whole text read into memory."""
+
+    name: str  # the path as given, or "-" for standard input
+    lines: list[str]  # without their line terminators
+    sha256: str  # of the raw bytes
+    size: int  # raw bytes
+
+
+def display_name(path: str) -> str:
+    return "<stdin>" if path == STDIN else path
+
+
+def _open_binary(path: str) -> BinaryIO:
+    if path == STDIN:
+        return sys.stdin.buffer
+    file = Path(path)
+    if file.is_dir():
+        raise InputError(f"{path}: is a directory, expected a text file")
+    try:
+        return open(file, "rb")  # noqa: SIM115 - closed by the caller
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+
+
+class ByteTally:
+    """Counts and hashes the raw bytes that :func:`iter_lines` reads."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._digest = hashlib.sha256()
+
+    def update(self, raw: bytes) -> None:
+        self.size += len(raw)
+        self._digest.update(raw)
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+
+def iter_lines(path: str, tally: ByteTally | None = None) -> Iterator[str]:
+    """Yield the lines of ``path`` (or stdin for ``-``) without terminators, decoding UTF-8 strictly.
+
+    ``\\r\\n`` endings count as ``\\n``; a UTF-8 byte-order mark at the start is dropped. When
+    ``tally`` is given it sees every raw byte read.
+    """
+    stream = _open_binary(path)
+    try:
+        for number, raw in enumerate(stream, start=1):
+            if tally is not None:
+                tally.update(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InputError(
+                    f"{display_name(path)}, line {number}: not valid UTF-8 "
+                    f"(byte {error.start + 1} of the line: {error.reason})"
+                ) from None
+            if number == 1 and line.startswith(_BOM):
+                line = line[1:]
+            if line.endswith("\n"):
+                line = line[:-2] if line.endswith("\r\n") else line[:-1]
+            yield line
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def read_text(path: str) -> TextFile:
+    """Read a whole UTF-8 text file (or stdin for ``-``) into memory, with its sha256."""
+    tally = ByteTally()
+    lines = list(iter_lines(path, tally))
+    return TextFile(name=path, lines=lines, sha256=tally.sha256, size=tally.size)

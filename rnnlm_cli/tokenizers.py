@@ -1,0 +1,282 @@
+"""Word, character and sentencepiece (BPE / unigram) tokenizers behind one small interface.
+
+Every tokenizer maps one line of text to a list of ids *without* the end-of-sentence id; callers
+append ``eos_id`` at each line end. Ids 0 and 1 are always ``<unk>`` and ``<eos>``. A tokenizer
+serialises to plain data (``to_dict``) and back (``tokenizer_from_dict``). No torch here.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rnnlm_cli.errors import ConfigError, TokenizerError
+
+log = logging.getLogger(__name__)
+
+UNK = "<unk>"
+EOS = "<eos>"
+UNK_ID = 0
+EOS_ID = 1
+KINDS = ("word", "char", "bpe", "unigram")
+DEFAULT_SUBWORD_VOCAB = 8000
+# sentencepiece's recommendation for languages with large character sets (Japanese, Chinese);
+# byte fallback covers the rest, so no character is ever unknown.
+DEFAULT_CHARACTER_COVERAGE = 0.9995
+
+
+@dataclass(frozen=True)
+class Encoded:
+    ids: list[int]  # one id per token, without the end-of-sentence id
+    oov: int  # input words (or characters) that fell outside the vocabulary and became <unk>
+
+
+class Tokenizer(ABC):
+    kind: str
+    lowercase: bool
+    unk_id = UNK_ID
+    eos_id = EOS_ID
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, line: str) -> Encoded:
+        """Tokens of one line (without the end-of-sentence id) and its out-of-vocabulary count."""
+
+    def encode_many(self, lines: Sequence[str]) -> list[Encoded]:
+        return [self.encode(line) for line in lines]
+
+    @abstractmethod
+    def piece(self, token_id: int) -> str:
+        """The printable form of one token, as in per-token tables."""
+
+    @abstractmethod
+    def _decode_line(self, ids: Sequence[int]) -> str: ...
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text for a run of ids; each end-of-sentence id becomes a line break."""
+        lines: list[list[int]] = [[]]
+        for token_id in ids:
+            if token_id == self.eos_id:
+                lines.append([])
+            else:
+                lines[-1].append(int(token_id))
+        return "\n".join(self._decode_line(line) for line in lines)
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (str, int, bool, list, bytes) that :func:`tokenizer_from_dict` turns back into this."""
+
+
+class _VocabularyTokenizer(Tokenizer):
+    """Word and character tokenizers: an explicit list of tokens, ids by position."""
+
+    def __init__(self, tokens: list[str], lowercase: bool) -> None:
+        if tokens[:2] != [UNK, EOS]:
+            raise TokenizerError(f"a {self.kind} vocabulary must start with {UNK} and {EOS}")
+        self.tokens = tokens
+        self.lowercase = lowercase
+        self._index = {token: token_id for token_id, token in enumerate(tokens)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    @staticmethod
+    @abstractmethod
+    def _units(line: str) -> list[str]:
+        """Split a line into the units the vocabulary holds (words or characters)."""
+
+    @classmethod
+    def build(cls, lines: Iterable[str], vocab_size: int | None, min_freq: int, lowercase: bool):
+        """Count units over ``lines``; keep those seen ``min_freq`` times, most frequent first."""
+        counts: Counter[str] = Counter()
+        for line in lines:
+            counts.update(cls._units(line.lower() if lowercase else line))
+        for special in (UNK, EOS):
+            counts.pop(special, None)
+        # most_common sorts stably, so ties keep the order of first appearance
+        kept = [unit for unit, count in counts.most_common() if count >= min_freq]
+        if vocab_size is not None:
+            kept = kept[: max(vocab_size - 2, 0)]
+        return cls([UNK, EOS, *kept], lowercase)
+
+    def encode(self, line: str) -> Encoded:
+        units = self._units(line.lower() if self.lowercase else line)
+        index = self._index
+        ids = [index.get(unit, UNK_ID) for unit in units]
+        oov = sum(1 for unit in units if unit not in index)
+        return Encoded(ids, oov)
+
+    def piece(self, token_id: int) -> str:
+        return self.tokens[token_id]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "lowercase": self.lowercase, "tokens": list(self.tokens)}
+
+
+class WordTokenizer(_VocabularyTokenizer):
+    """Whitespace-separated words; words outside the vocabulary become ``<unk>``."""
+
+    kind = "word"
+
+    @staticmethod
+    def _units(line: str) -> list[str]:
+        return line.split()
+
+    def _decode_line(self, ids: Sequence[int]) -> str:
+        return " ".join(self.tokens[token_id] for token_id in ids)
+
+
+class CharTokenizer(_VocabularyTokenizer):
+    """Unicode characters; the line end is the end-of-sentence token."""
+
+    kind = "char"
+
+    @staticmethod
+    def _units(line: str) -> list[str]:
+        return list(line)
+
+    def _decode_line(self, ids: Sequence[int]) -> str:
+        return "".join("\ufffd" if token_id == UNK_ID else self.tokens[token_id] for token_id in ids)
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A sentencepiece model (BPE or unigram), held as its serialised bytes."""
+
+    def __init__(self, kind: str, model: bytes, lowercase: bool) -> None:
+        import sentencepiece
+
+        self.kind = kind
+        self.model = model
+        self.lowercase = lowercase
+        self._processor = sentencepiece.SentencePieceProcessor(model_proto=model)
+        if (self._processor.unk_id(), self._processor.eos_id()) != (UNK_ID, EOS_ID):
+            raise TokenizerError(f"the sentencepiece model must use id {UNK_ID} for <unk> and {EOS_ID} for <eos>")
+
+    @classmethod
+    def train(
+        cls,
+        kind: str,
+        lines: Iterable[str],
+        vocab_size: int | None,
+        lowercase: bool,
+        character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
+    ) -> SentencePieceTokenizer:
+        """Train in memory: no model file is written anywhere.
+
+        Text is taken as it is (no Unicode normalisation, spaces kept), so decoding gives back
+        exactly the text that was encoded.
+        """
+        import sentencepiece
+
+        model = io.BytesIO()
+        try:
+            sentencepiece.SentencePieceTrainer.train(
+                sentence_iterator=(line.lower() for line in lines) if lowercase else iter(lines),
+                model_writer=model,
+                model_type=kind,
+                vocab_size=vocab_size or DEFAULT_SUBWORD_VOCAB,
+                # a soft limit: a small corpus gets a smaller vocabulary instead of an error
+                hard_vocab_limit=False,
+                character_coverage=character_coverage,
+                byte_fallback=True,
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
+                unk_id=UNK_ID,
+                eos_id=EOS_ID,
+                bos_id=-1,
+                pad_id=-1,
+                unk_piece=UNK,
+                eos_piece=EOS,
+                num_threads=2,
+                minloglevel=2,
+            )
+        except RuntimeError as error:
+            raise TokenizerError(f"sentencepiece could not train a {kind} model: {_first_line(error)}") from None
+        tokenizer = cls(kind, model.getvalue(), lowercase)
+        if vocab_size is not None and tokenizer.vocab_size < vocab_size:
+            log.warning("the training text supports only %d %s pieces, not the %d asked for",
+                        tokenizer.vocab_size, kind, vocab_size)
+        return tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self._processor.get_piece_size()
+
+    def encode(self, line: str) -> Encoded:
+        ids = self._processor.encode(line.lower() if self.lowercase else line)
+        return Encoded(ids, ids.count(UNK_ID))
+
+    def encode_many(self, lines: Sequence[str]) -> list[Encoded]:
+        texts = [line.lower() for line in lines] if self.lowercase else list(lines)
+        return [Encoded(ids, ids.count(UNK_ID)) for ids in self._processor.encode(texts)]
+
+    def piece(self, token_id: int) -> str:
+        return self._processor.id_to_piece(token_id)
+
+    def _decode_line(self, ids: Sequence[int]) -> str:
+        return self._processor.decode(list(ids))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "lowercase": self.lowercase, "model": self.model}
+
+
+def _first_line(error: Exception) -> str:
+    """sentencepiece's message without its source-file prefix ("INTERNAL: src/x.cc(12) [check] ...")."""
+    text = str(error).strip()
+    line = text.splitlines()[-1] if text else type(error).__name__
+    return line.split("] ", 1)[-1].replace("--character_coverage option", "--character-coverage")
+
+
+def train_tokenizer(
+    kind: str,
+    lines: Sequence[str],
+    vocab_size: int | None = None,
+    min_freq: int = 1,
+    lowercase: bool = False,
+    character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
+) -> Tokenizer:
+    """Build a tokenizer of ``kind`` from training lines only.
+
+    ``vocab_size`` counts every id, the special tokens included; ``None`` keeps every word or
+    character seen ``min_freq`` times, and means 8000 for sentencepiece.
+    """
+    if vocab_size is not None and vocab_size < 3:
+        raise ConfigError("--vocab-size must be at least 3 (<unk>, <eos> and one token)")
+    if min_freq < 1:
+        raise ConfigError("--min-freq must be at least 1")
+    if kind == "word":
+        return WordTokenizer.build(lines, vocab_size, min_freq, lowercase)
+    if kind == "char":
+        return CharTokenizer.build(lines, vocab_size, min_freq, lowercase)
+    if kind in ("bpe", "unigram"):
+        if min_freq != 1:
+            raise ConfigError("--min-freq applies to word and char tokenizers; sentencepiece uses --vocab-size")
+        return SentencePieceTokenizer.train(kind, lines, vocab_size, lowercase, character_coverage)
+    raise ConfigError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from :meth:`Tokenizer.to_dict` output."""
+    try:
+        kind = data["kind"]
+        lowercase = bool(data.get("lowercase", False))
+        if kind == "word":
+            return WordTokenizer(list(data["tokens"]), lowercase)
+        if kind == "char":
+            return CharTokenizer(list(data["tokens"]), lowercase)
+        if kind in ("bpe", "unigram"):
+            return SentencePieceTokenizer(kind, bytes(data["model"]), lowercase)
+    except (KeyError, TypeError) as error:
+        raise TokenizerError(f"incomplete tokenizer data (missing {error})") from None
+    except RuntimeError as error:
+        raise TokenizerError(f"unreadable sentencepiece model: {_first_line(error)}") from None
+    raise TokenizerError(f"unknown tokenizer kind {kind!r}")

@@ -1,0 +1,227 @@
+"""The one on-disk checkpoint format, shared by every command.
+
+A checkpoint is one file written by ``torch.save`` holding plain data only, so it loads with
+``torch.load(path, weights_only=True)`` and never unpickles code. docs/checkpoint-format.md
+describes every key. This module is the only place that calls ``torch.save`` or ``torch.load``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import platform
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnlm_cli import __version__
+from rnnlm_cli.errors import CheckpointError, RnnlmError
+from rnnlm_cli.model import ModelConfig, RNNLanguageModel
+from rnnlm_cli.tokenizers import Tokenizer, tokenizer_from_dict
+
+FORMAT = "rnnlm-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """The contents of one checkpoint file."""
+
+    model_config: ModelConfig
+    model_state: dict[str, torch.Tensor]  # the raw module's state_dict()
+    tokenizer: dict[str, Any]  # Tokenizer.to_dict()
+    train: dict[str, Any] = field(default_factory=dict)  # config, progress, history, resume state
+    data: dict[str, Any] = field(default_factory=dict)  # fingerprints of the training corpora
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def build_tokenizer(self) -> Tokenizer:
+        return tokenizer_from_dict(self.tokenizer)
+
+    def build_model(self, device: torch.device | str = "cpu") -> RNNLanguageModel:
+        """The model with its weights, in eval mode; fails clearly when weights and config disagree."""
+        model = RNNLanguageModel(self.model_config)
+        try:
+            model.load_state_dict(self.model_state, strict=True)
+        except (RuntimeError, KeyError) as error:
+            detail = str(error).strip().splitlines()
+            raise CheckpointError(
+                "the checkpoint's weights do not match its model config: " + " ".join(detail[:2])
+            ) from None
+        return model.to(device).eval()
+
+    @property
+    def resumable(self) -> bool:
+        return bool(self.train.get("state"))
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> None:
+    """Write atomically: a temporary file in the same folder, flushed, fsynced, then renamed."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": checkpoint.model_config.to_dict(),
+        "model": checkpoint.model_state,
+        "tokenizer": checkpoint.tokenizer,
+        "train": checkpoint.train,
+        "data": checkpoint.data,
+        "versions": checkpoint.versions or current_versions(),
+    }
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def current_versions() -> dict[str, str]:
+    return {"rnnlm": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: torch.device | str = "cpu") -> Checkpoint:
+    """Read a checkpoint with ``weights_only=True``; every failure becomes one CheckpointError line."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    if not zipfile.is_zipfile(path):
+        # every checkpoint is a torch zip archive; anything else (a bare pickle too) is refused unread
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated, or not written by rnnlm)")
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds objects other than plain data and tensors "
+            "(it may try to run code); rnnlm only reads its own checkpoint format"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an rnnlm checkpoint (no format marker {FORMAT!r})")
+    raw = _upgrade(raw, path)
+    try:
+        return Checkpoint(
+            model_config=ModelConfig.from_dict(raw["model_config"]),
+            model_state=raw["model"],
+            tokenizer=raw["tokenizer"],
+            train=raw.get("train") or {},
+            data=raw.get("data") or {},
+            versions=raw.get("versions") or {},
+        )
+    except KeyError as error:
+        raise CheckpointError(f"{path}: incomplete checkpoint (no {error} entry)") from None
+    except RnnlmError as error:
+        raise CheckpointError(f"{path}: bad model config: {error}") from None
+
+
+def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Bring an older format version up to FORMAT_VERSION; the one place that knows old layouts."""
+    version = raw.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: unknown checkpoint format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} is newer than this rnnlm reads ({FORMAT_VERSION}); "
+            "upgrade rnnlm"
+        )
+    return raw
+
+
+def load_for_inference(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[RNNLanguageModel, Tokenizer, Checkpoint]:
+    """Model (eval mode, on ``device``), tokenizer and contents of a checkpoint, checked against each other."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    try:
+        tokenizer = checkpoint.build_tokenizer()
+    except RnnlmError as error:
+        raise CheckpointError(f"{path}: bad tokenizer: {error}") from None
+    if tokenizer.vocab_size != checkpoint.model_config.vocab_size:
+        raise CheckpointError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model "
+            f"{checkpoint.model_config.vocab_size}"
+        )
+    return checkpoint.build_model(device), tokenizer, checkpoint
+
+
+@dataclass
+class CheckpointInfo:
+    path: str
+    format_version: int
+    model_config: dict[str, Any]
+    parameters: int
+    tokenizer_kind: str
+    vocab_size: int
+    lowercase: bool
+    epochs_trained: int
+    steps: int
+    best_valid_ppl: float | None
+    best_epoch: int | None
+    resumable: bool
+    train_config: dict[str, Any]
+    history: list[dict[str, Any]]
+    data: dict[str, Any]
+    versions: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
+    """What ``rnnlm info`` shows: the model, its tokenizer, its training and its data."""
+    model, tokenizer, checkpoint = load_for_inference(path)
+    train = checkpoint.train
+    best_loss = train.get("best_valid_loss")
+    return CheckpointInfo(
+        path=str(path),
+        format_version=FORMAT_VERSION,
+        model_config=checkpoint.model_config.to_dict(),
+        parameters=model.parameter_count(),
+        tokenizer_kind=tokenizer.kind,
+        vocab_size=tokenizer.vocab_size,
+        lowercase=tokenizer.lowercase,
+        epochs_trained=int(train.get("epoch", 0)),
+        steps=int(train.get("step", 0)),
+        best_valid_ppl=_exp(best_loss),
+        best_epoch=train.get("best_epoch"),
+        resumable=checkpoint.resumable,
+        train_config=dict(train.get("config") or {}),
+        history=list(train.get("history") or []),
+        data=checkpoint.data,
+        versions=checkpoint.versions,
+    )
+
+
+def _exp(loss: float | None) -> float | None:
+    if loss is None or not math.isfinite(loss):
+        return None
+    return math.exp(loss)

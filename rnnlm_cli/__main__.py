@@ -1,0 +1,3 @@
+from rnnlm_cli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The command-line interface: parses options, calls one library function, renders the result."""

@@ -1,0 +1,104 @@
+"""The `rnnlm` command: a Typer app whose commands parse, call one library function and render."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from rnnlm_cli import __version__
+from rnnlm_cli.cli.output import print_error
+from rnnlm_cli.errors import RnnlmError
+
+app = typer.Typer(
+    name="rnnlm",
+    help="Recurrent neural network language models: tokenize a corpus, train, evaluate perplexity, sample text.\n\n"
+    "Typical run (`rnnlm demo` does all of it on a bundled corpus):\n\n"
+    "    rnnlm tokenize train.txt --valid valid.txt --test test.txt --out data/\n"
+    "    rnnlm train data/ --out model.pt\n"
+    "    rnnlm eval model.pt test.txt\n"
+    "    rnnlm sample model.pt --prompt 'the market'\n\n"
+    "Run `rnnlm COMMAND --help` for a command's options and examples.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_debug = False
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(command: F) -> F:
+    """Turn library errors into one line on stderr and an exit code; --debug shows the traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            print_error("interrupted")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            _silence_stdout()
+            raise typer.Exit(0) from None
+        except RnnlmError as error:
+            if _debug:
+                traceback.print_exc()
+            print_error(str(error))
+            raise typer.Exit(error.exit_code) from None
+        except Exception as error:  # noqa: BLE001 - one line for anything unforeseen, too
+            if _debug:
+                traceback.print_exc()
+            print_error(f"{type(error).__name__}: {error} (run `rnnlm --debug ...` for the traceback)")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _silence_stdout() -> None:
+    """After `| head` closed the pipe, keep Python from complaining when it flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rnnlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+def _register() -> None:
+    from rnnlm_cli.cli.commands import demo, evaluate, info, sample, tokenize, train
+
+    for module in (tokenize, train, evaluate, sample, info, demo):
+        app.command(module.NAME)(handle_errors(module.command))
+
+
+_register()
+
+
+def main() -> None:
+    app()

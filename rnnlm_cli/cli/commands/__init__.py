@@ -1,0 +1,1 @@
+"""One module per command: ``NAME`` and ``command``, a thin function that parses, calls, renders."""

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from rnnlm_cli.cli import output
+from rnnlm_cli.cli.options import JsonOpt, Kind, QuietOpt
+from rnnlm_cli.tokenizers import DEFAULT_CHARACTER_COVERAGE
+
+NAME = "tokenize"
+
+
+def command(
+    train: Annotated[str, typer.Argument(help="Training text, one sentence per line (- for stdin). "
+                                              "The vocabulary is built from this file only.", show_default=False)],
+    out: Annotated[str, typer.Option("--out", "-o", help="Dataset directory to write.", show_default=False)],
+    valid: Annotated[Optional[str], typer.Option(help="Validation text, encoded with the training vocabulary.")] = None,
+    test: Annotated[Optional[str], typer.Option(help="Test text, encoded with the training vocabulary.")] = None,
+    kind: Annotated[Kind, typer.Option(help="word: whitespace words; char: Unicode characters; "
+                                             "bpe / unigram: sentencepiece subwords.")] = Kind("word"),
+    vocab_size: Annotated[Optional[int], typer.Option(min=3, help="Vocabulary size, special tokens included "
+                          "[default: all words/chars for word and char, 8000 for bpe/unigram].",
+                          show_default=False)] = None,
+    min_freq: Annotated[int, typer.Option(min=1, help="word/char: units seen fewer times become `<unk>`.")] = 1,
+    lowercase: Annotated[bool, typer.Option("--lowercase", help="Lowercase all text first.")] = False,
+    character_coverage: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="bpe/unigram: share of characters kept as pieces; the rarest fall back to "
+                               "UTF-8 bytes. Suits Japanese and Chinese; use 1.0 for small alphabets.")
+    ] = DEFAULT_CHARACTER_COVERAGE,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build a vocabulary from TRAIN and encode every split into a dataset directory.
+
+    The directory holds the tokenizer, each split as a compact id array (read by memory map when
+    training) and meta.json (sources with sha256, lines, tokens and OOV rate per split).
+
+    Example:
+
+        rnnlm tokenize ptb/train.txt --valid ptb/valid.txt --test ptb/test.txt --out data/ptb
+
+        rnnlm tokenize ja.txt --kind unigram --vocab-size 8000 --out data/ja
+    """
+    from rnnlm_cli.config import TokenizeConfig
+    from rnnlm_cli.data import tokenize_corpus
+
+    output.setup_logging(quiet)
+    config = TokenizeConfig(train=train, out=out, valid=valid, test=test, kind=kind.value,
+                            vocab_size=vocab_size, min_freq=min_freq, lowercase=lowercase,
+                            character_coverage=character_coverage)
+    summary = tokenize_corpus(config)
+    if json_output:
+        output.print_json(summary.to_dict())
+    elif not quiet:
+        output.stderr().print(_table(summary))
+
+
+def _table(summary):
+    from rich.table import Table
+
+    table = Table(title=f"{summary.directory}: {summary.kind} tokenizer, {summary.vocab_size:,} tokens "
+                        f"({summary.dtype} ids)", title_justify="left")
+    for column in ("split", "source", "lines", "tokens", "OOV", "OOV %"):
+        table.add_column(column, justify="left" if column in ("split", "source") else "right")
+    for split in summary.splits:
+        table.add_row(split.split, split.source, f"{split.lines:,}", f"{split.tokens:,}", f"{split.oov:,}",
+                      f"{100 * split.oov_rate:.2f}")
+    return table

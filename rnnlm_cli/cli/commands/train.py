@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any, Optional
+
+import typer
+
+from rnnlm_cli.cli import output
+from rnnlm_cli.cli.options import Cell, Device, JsonOpt, Optimizer, QuietOpt
+from rnnlm_cli.config import TrainConfig
+from rnnlm_cli.errors import ConfigError
+
+NAME = "train"
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+
+
+def _option(name: str, help: str, *flags: str, default: Any = None, **kwargs: Any) -> Any:
+    """An option whose unset value is None (so --resume can tell what was given); its help shows the real default."""
+    shown = _DEFAULTS[name] if default is None else default
+    return typer.Option(*flags, help=f"{help} [default: {shown}]", show_default=False, **kwargs)
+
+
+def command(
+    dataset: Annotated[str, typer.Argument(metavar="DIR", help="Dataset directory written by `rnnlm tokenize`.",
+                                                show_default=False)],
+    out: Annotated[Optional[str], typer.Option(
+        "--out", "-o", show_default=False,
+        help="Checkpoint to write; it always holds the best-validation model. The latest state, for --resume, "
+             "goes beside it as NAME.last.pt. Required unless --resume is given.")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        metavar="CKPT", show_default=False,
+        help="Continue the run whose checkpoint is CKPT from its latest state (same dataset). "
+             "Options given now override the run's, except the model's shape and the optimizer.")] = None,
+    cell: Annotated[Optional[Cell], _option("cell", "Recurrent cell.")] = None,
+    layers: Annotated[Optional[int], _option("layers", "Recurrent layers.", min=1)] = None,
+    emb_size: Annotated[Optional[int], _option("emb_size", "Embedding size.", min=1)] = None,
+    hidden_size: Annotated[Optional[int], _option("hidden_size", "Hidden units per layer.", min=1)] = None,
+    dropout: Annotated[Optional[float], _option(
+        "dropout", "Dropout on embeddings, between layers and on outputs.", min=0.0, max=0.99)] = None,
+    tie_weights: Annotated[Optional[bool], _option(
+        "tie_weights", "Share the input embedding and output matrices (needs --emb-size = --hidden-size).",
+        "--tie-weights/--no-tie-weights", default="no")] = None,
+    bptt: Annotated[Optional[int], _option("bptt", "Time steps per truncated back-propagation window.", min=1)] = None,
+    batch_size: Annotated[Optional[int], _option("batch_size", "Parallel streams per batch.", min=1)] = None,
+    optimizer: Annotated[Optional[Optimizer], _option("optimizer", "Optimizer.")] = None,
+    lr: Annotated[Optional[float], _option("lr", "Learning rate.", default="20 for sgd, 0.001 for adam")] = None,
+    clip: Annotated[Optional[float], _option("clip", "Clip the global gradient norm to this; 0 turns it off.",
+                                             min=0.0)] = None,
+    epochs: Annotated[Optional[int], _option("epochs", "Epochs to train (in total, when resuming).", min=1)] = None,
+    lr_decay: Annotated[Optional[float], _option(
+        "lr_decay", "Divide the learning rate by this when validation stops improving; 1 keeps it.", min=1.0)] = None,
+    patience: Annotated[Optional[int], _option(
+        "patience", "Stop after this many epochs without a better validation loss; 0 never stops early.",
+        min=0)] = None,
+    seed: Annotated[Optional[int], _option("seed", "Random seed; the same seed on CPU gives the same model.")] = None,
+    device: Annotated[Optional[Device], _option("device", "Where to train: auto picks CUDA when present.")] = None,
+    max_time: Annotated[Optional[float], _option(
+        "max_time", "Stop cleanly after this many seconds, both checkpoints saved (continue with --resume).",
+        default="no limit", min=0.001)] = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train an RNN language model on a dataset directory.
+
+    Embedding -> RNN / LSTM / GRU layers -> Affine -> Softmax, trained with truncated BPTT and
+    gradient clipping. Validates after every epoch on the valid split (or on a held-out tail of
+    train), divides the learning rate when validation stops improving and stops early after
+    --patience bad epochs. A progress bar shows loss, ppl and tokens/s; one line per epoch follows.
+
+    Example:
+
+        rnnlm train data/ptb --out ptb.pt --cell lstm --layers 2 --hidden-size 200 --epochs 13
+
+        rnnlm train data/ptb --resume ptb.pt --epochs 20
+    """
+    from rnnlm_cli.train import best_checkpoint_path, config_for_resume, train
+
+    output.setup_logging(quiet)
+    given = {
+        "cell": cell, "layers": layers, "emb_size": emb_size, "hidden_size": hidden_size, "dropout": dropout,
+        "tie_weights": tie_weights, "bptt": bptt, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
+        "clip": clip, "epochs": epochs, "lr_decay": lr_decay, "patience": patience, "seed": seed,
+        "device": device, "max_time": max_time,
+    }
+    overrides = {key: getattr(value, "value", value) for key, value in given.items() if value is not None}
+    if resume is not None:
+        best = str(best_checkpoint_path(resume))
+        if out is not None and out != best:
+            raise ConfigError(f"a resumed run keeps writing {best}; leave --out out")
+        config = config_for_resume(resume, {**overrides, "dataset": dataset, "out": best})
+    elif out is None:
+        raise ConfigError("--out is required (or --resume CKPT to continue a run)")
+    else:
+        config = TrainConfig(dataset=dataset, out=out, **overrides)
+    result = train(config, resume=resume, progress=not quiet)
+    if json_output:
+        output.print_json(result.to_dict())
+    elif not quiet:
+        output.stderr().print(
+            f"best valid ppl {output.number(result.best_valid_ppl)} (epoch {result.best_epoch}) "
+            f"-> {result.checkpoint}; latest state -> {result.last_checkpoint}"
+        )

@@ -1,0 +1,31 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import typer
+
+from rnnlm_cli.config import CELLS, CONTEXTS, DEVICES, OPTIMIZERS
+from rnnlm_cli.tokenizers import KINDS
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+    return enum.Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
+
+
+Kind = _choices("Kind", KINDS)
+Cell = _choices("Cell", CELLS)
+Optimizer = _choices("Optimizer", OPTIMIZERS)
+Device = _choices("Device", DEVICES)
+Context = _choices("Context", CONTEXTS)
+
+CheckpointArg = Annotated[
+    str, typer.Argument(metavar="CKPT", help="Checkpoint file written by `rnnlm train`.", show_default=False)
+]
+DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when present, else the CPU.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of a table.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr; errors still show.")
+]

@@ -1,0 +1,122 @@
+"""The checkpoint format: plain data under weights_only, self-describing, strict on load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pickle
+
+import pytest
+import torch
+
+from rnnlm_cli.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
+from rnnlm_cli.tokenizers import tokenizer_from_dict
+
+
+def test_loads_with_plain_torch_weights_only(word_model, corpus):
+    raw = torch.load(word_model, map_location="cpu", weights_only=True)
+    assert raw["format"] == FORMAT and raw["format_version"] == FORMAT_VERSION
+    assert set(raw) >= {"model_config", "model", "tokenizer", "train", "data", "versions"}
+    config = raw["model_config"]
+    assert config["cell"] == "lstm" and config["hidden_size"] == 24 and config["layers"] == 1
+    assert raw["model"]["decoder.weight"].shape == (config["vocab_size"], 24)
+    assert raw["model"]["rnn.weight_ih_l0"].shape == (4 * 24, 24)
+    tokenizer = tokenizer_from_dict(raw["tokenizer"])
+    assert tokenizer.vocab_size == config["vocab_size"]
+    assert raw["train"]["config"]["optimizer"] == "adam" and raw["train"]["config"]["epochs"] == 2
+    # the best-model file is written at the end of the epoch that reached the best validation loss
+    assert raw["train"]["epoch"] == raw["train"]["best_epoch"] and raw["train"]["state"] is None
+    train_sha = hashlib.sha256(corpus["train"].read_bytes()).hexdigest()
+    assert raw["data"]["splits"]["train"]["sha256"] == train_sha
+    assert raw["versions"]["torch"] == str(torch.__version__)
+
+
+def test_round_trip_keeps_the_scores(cli, word_model, corpus, tmp_path):
+    copy = tmp_path / "copy.pt"
+    save_checkpoint(load_checkpoint(word_model), copy)
+    original = cli.json("eval", word_model, corpus["test"])["total"]
+    again = cli.json("eval", copy, corpus["test"])["total"]
+    assert original == {**again}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_info(cli, word_model, corpus):
+    info = cli.json("info", word_model)
+    checkpoint = load_checkpoint(word_model)
+    assert info["parameters"] == sum(t.numel() for t in checkpoint.model_state.values())
+    assert info["tokenizer_kind"] == "word" and info["vocab_size"] == checkpoint.model_config.vocab_size
+    assert info["epochs_trained"] == info["best_epoch"] and len(info["history"]) == info["best_epoch"]
+    assert cli.json("info", word_model.with_name("word.last.pt"))["epochs_trained"] == 2
+    best = min(record["valid_loss"] for record in info["history"])
+    assert info["best_valid_ppl"] == pytest.approx(math.exp(best))
+    assert info["data"]["splits"]["train"]["sha256"] == hashlib.sha256(corpus["train"].read_bytes()).hexdigest()
+    table = cli("info", word_model)
+    assert "parameters" in table.stdout and f"{info['parameters']:,}" in table.stdout and table.stderr == ""
+
+
+def test_tied_weights_count_once(cli, word_dataset, tmp_path):
+    cli("train", word_dataset, "--out", tmp_path / "tied.pt", "--layers", "1", "--emb-size", "16",
+        "--hidden-size", "16", "--tie-weights", "--epochs", "1", "--batch-size", "8", "-q")
+    info = cli.json("info", tmp_path / "tied.pt")
+    vocab = info["vocab_size"]
+    lstm = 4 * 16 * (16 + 16 + 2)
+    assert info["parameters"] == vocab * 16 + lstm + vocab  # embedding (= output weights) + LSTM + output bias
+    assert info["model_config"]["tie_weights"] is True
+
+
+class _Planted:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_hostile_and_broken_files_give_one_line_and_exit_1(cli, word_model, tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "payload": _Planted(str(marker))}, evil)
+    legacy_evil = tmp_path / "legacy.pt"
+    legacy_evil.write_bytes(pickle.dumps(_Planted(str(marker))))
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(word_model.read_bytes()[:5000])
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    not_ours = tmp_path / "not-ours.pt"
+    torch.save({"weights": torch.zeros(3)}, not_ours)
+    newer = tmp_path / "newer.pt"
+    raw = torch.load(word_model, weights_only=True)
+    torch.save({**raw, "format_version": FORMAT_VERSION + 1}, newer)
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save({**raw, "model_config": {**raw["model_config"], "hidden_size": 25}}, mismatched)
+
+    expected = {evil: "refused to load", legacy_evil: "not a readable checkpoint", empty: "empty file",
+                truncated: "not a readable checkpoint", text: "not a readable checkpoint",
+                not_ours: "not an rnnlm checkpoint", newer: "newer than this rnnlm reads",
+                mismatched: "do not match its model config"}
+    for path, message in expected.items():
+        for command in (["info", path], ["eval", path, "-"], ["sample", path]):
+            result = cli(*command, input="a b\n", expect=1)
+            assert result.stdout == ""
+            assert message in result.stderr, (path, result.stderr)
+            assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+def test_checkpoint_json_document_is_complete(cli, word_model):
+    info = cli.json("info", word_model)
+    json.dumps(info)  # plain JSON all the way down
+    assert info["train_config"]["lr"] == 0.01 and info["resumable"] is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_checkpoint_trained_on_gpu_samples_on_cpu(cli, word_dataset, tmp_path):
+    cli("train", word_dataset, "--out", tmp_path / "gpu.pt", "--device", "cuda", "--epochs", "1", "-q")
+    result = cli("sample", tmp_path / "gpu.pt", "--device", "cpu", "-n", "2")
+    assert len(result.stdout.splitlines()) == 2
+    assert cli.json("eval", tmp_path / "gpu.pt", "-", "--device", "cpu", input="Tom said hi .\n")["total"]["ppl"] > 1

@@ -1,0 +1,101 @@
+"""The command line as a whole: help, version, exit codes, pipes, and the demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnnlm_cli import __version__
+from rnnlm_cli.cli.app import app
+
+COMMANDS = ["tokenize", "train", "eval", "sample", "info", "demo"]
+
+
+def test_help_lists_every_command_with_a_summary(cli):
+    result = cli("--help")
+    assert result.stderr == ""
+    registered = [command.name for command in app.registered_commands]
+    assert registered == COMMANDS
+    listing = result.stdout.split("Commands", 1)[1]
+    for name in COMMANDS:
+        line = next(line for line in listing.splitlines() if line.startswith(f"│ {name} "))
+        assert len(line.split(name, 1)[1].strip(" │")) > 10, line
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help_with_an_example(cli, name):
+    result = cli(name, "--help")
+    assert "Example" in result.stdout and f"rnnlm {name}" in result.stdout
+    command = next(c for c in app.registered_commands if c.name == name)
+    assert command.callback.__doc__ and len(command.callback.__doc__.strip()) > 40
+
+
+def test_version(cli):
+    assert cli("--version").stdout.strip() == f"rnnlm {__version__}"
+
+
+def test_module_entry_point_and_fast_help():
+    result = subprocess.run([sys.executable, "-m", "rnnlm_cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"rnnlm {__version__}"
+    # --help must not import torch (it takes seconds); check what the help run imported
+    probe = "import sys; from rnnlm_cli.cli.app import app; sys.argv=['rnnlm','--help']\n" \
+            "try:\n    app()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stderr.strip() == "False"
+
+
+def test_usage_errors_exit_2_with_nothing_on_stdout(cli, word_model):
+    result = cli("eval", word_model, "-", "--no-such-option", expect=2)
+    assert result.stdout == "" and "--no-such-option" in result.stderr
+    assert cli("no-such-command", expect=2).stdout == ""
+
+
+def test_unexpected_errors_are_one_line_unless_debug(cli, word_model, monkeypatch):
+    import rnnlm_cli.evaluate
+
+    def explode(config):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(rnnlm_cli.evaluate, "evaluate", explode)
+    result = cli("eval", word_model, "-", input="a\n", expect=1)
+    assert result.stderr == "rnnlm: error: ValueError: boom (run `rnnlm --debug ...` for the traceback)\n"
+    result = cli("--debug", "eval", word_model, "-", input="a\n", expect=1)
+    assert "Traceback" in result.stderr and "boom" in result.stderr
+
+
+def test_broken_pipe_ends_quietly(word_model):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = f"{sys.executable} -m rnnlm_cli sample {word_model} -n 3000 --max-tokens 5 | head -n 1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, env=env)
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stderr == ""
+    assert result.returncode == 0
+
+
+def test_keyboard_interrupt_exits_130(cli, word_model, monkeypatch):
+    import rnnlm_cli.generate
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rnnlm_cli.generate, "sample", interrupted)
+    result = cli("sample", word_model, expect=130)
+    assert result.stdout == "" and "interrupted" in result.stderr
+
+
+def test_demo_runs_end_to_end(cli, tmp_path):
+    out = tmp_path / "checkpoints"
+    result = cli("demo", "--out-dir", out)
+    samples = result.stdout.splitlines()
+    assert len(samples) == 8
+    for prompt, pair in zip(["Tom", "On Sunday ,", "太郎は", "日曜日に"], (samples[i:i + 2] for i in range(0, 8, 2))):
+        assert all(line.startswith(prompt) for line in pair)
+    assert (out / "demo.pt").exists() and (out / "demo.last.pt").exists() and (out / "demo-data" / "meta.json").exists()
+    assert "test.txt" in result.stderr and "ppl" in result.stderr
+    # the demo corpus comes from a small grammar: a trained model should find it very predictable
+    test_text = Path(__file__).resolve().parent.parent / "corpora" / "demo" / "test.txt"
+    assert cli.json("eval", out / "demo.pt", test_text)["total"]["ppl"] < 3

@@ -1,0 +1,178 @@
+"""`rnnlm eval`: exact accounting, checked against hand arithmetic and an independent forward pass."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlm_cli.checkpoint import Checkpoint, load_for_inference, save_checkpoint
+from rnnlm_cli.data import Dataset
+from rnnlm_cli.evaluate import score_token_lines
+from rnnlm_cli.model import ModelConfig, RNNLanguageModel
+
+TEXT = "the cat sat on the mat .\nTom said hi to Mary .\n猫は魚を食べました。\n\nMary gave the key to Tom .\n"
+
+
+def make_checkpoint(path: Path, dataset_dir: Path, cell: str = "lstm", uniform: bool = False, layers: int = 2,
+                    seed: int = 0) -> Path:
+    """An untrained model over the dataset's tokenizer; ``uniform`` zeroes the output layer."""
+    tokenizer = Dataset(dataset_dir).tokenizer
+    torch.manual_seed(seed)
+    config = ModelConfig(tokenizer.vocab_size, cell=cell, emb_size=8, hidden_size=12, layers=layers, dropout=0.0,
+                         init_range=1.0)
+    model = RNNLanguageModel(config)
+    if uniform:
+        torch.nn.init.zeros_(model.decoder.weight)
+        torch.nn.init.zeros_(model.decoder.bias)
+    save_checkpoint(Checkpoint(config, model.state_dict(), tokenizer.to_dict()), path)
+    return path
+
+
+def load_model(path: Path):
+    model, tokenizer, _ = load_for_inference(path)
+    return model, tokenizer
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("context", ["stream", "line"])
+def test_uniform_model_perplexity_is_the_vocabulary_size(cli, word_dataset, tmp_path, text_file, context):
+    checkpoint = make_checkpoint(tmp_path / "uniform.pt", word_dataset, uniform=True)
+    tokenizer = Dataset(word_dataset).tokenizer
+    vocab = tokenizer.vocab_size
+    result = cli("eval", checkpoint, text_file, "--context", context, "--json")
+    assert result.stderr == ""
+    total = json.loads(result.stdout)["total"]
+
+    lines = TEXT.splitlines()
+    words = sum(len(line.split()) for line in lines) + len(lines)
+    size = len(TEXT.encode("utf-8"))
+    assert total["lines"] == 5 and total["words"] == words and total["bytes"] == size
+    assert total["tokens"] == words  # a word model has one token per word, plus </s> per line
+    unknown = [word for word in TEXT.split() if word not in tokenizer.tokens]
+    assert "猫は魚を食べました。" in unknown  # a Japanese line without spaces is one unknown "word"
+    assert total["oov"] == len(unknown) >= 2
+    assert total["ppl"] == pytest.approx(vocab, rel=1e-6)
+    assert total["ppl1"] == pytest.approx(vocab, rel=1e-6)
+    assert total["nll"] == pytest.approx(total["tokens"] * math.log(vocab), rel=1e-6)
+    assert total["word_ppl"] == pytest.approx(math.exp(total["tokens"] * math.log(vocab) / words), rel=1e-6)
+    assert total["bits_per_byte"] == pytest.approx(total["tokens"] * math.log2(vocab) / size, rel=1e-6)
+
+
+def _reference_nll(path: Path, lines: list[list[int]], eos: int, carry_state: bool) -> list[float]:
+    """Per-token nll from an independent, one-token-at-a-time forward pass over the raw checkpoint.
+
+    Reads the file with plain torch.load as docs/checkpoint-format.md describes and writes out the
+    Elman / LSTM / GRU equations by hand (PyTorch gate order: LSTM i, f, g, o; GRU r, z, n).
+    """
+    raw = torch.load(path, weights_only=True)
+    config, weights = raw["model_config"], {k: v.double() for k, v in raw["model"].items()}
+    layers, hidden_size = config["layers"], config["hidden_size"]
+
+    def step(x, state, layer):
+        w_ih, w_hh = weights[f"rnn.weight_ih_l{layer}"], weights[f"rnn.weight_hh_l{layer}"]
+        b_ih, b_hh = weights[f"rnn.bias_ih_l{layer}"], weights[f"rnn.bias_hh_l{layer}"]
+        h, c = state
+        if config["cell"] == "lstm":
+            i, f, g, o = (w_ih @ x + b_ih + w_hh @ h + b_hh).chunk(4)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            return torch.sigmoid(o) * torch.tanh(c), c
+        if config["cell"] == "gru":
+            xr, xz, xn = (w_ih @ x + b_ih).chunk(3)
+            hr, hz, hn = (w_hh @ h + b_hh).chunk(3)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            return (1 - z) * n + z * h, c
+        pre = w_ih @ x + b_ih + w_hh @ h + b_hh
+        return (torch.tanh(pre) if config["cell"] == "rnn_tanh" else torch.relu(pre)), c
+
+    zeros = [(torch.zeros(hidden_size, dtype=torch.float64),) * 2 for _ in range(layers)]
+    states, scores = list(zeros), []
+    for line in lines:
+        if not carry_state:
+            states = list(zeros)
+        previous = eos
+        for token in line:
+            x = weights["embedding.weight"][previous]
+            for layer in range(layers):
+                states[layer] = step(x, states[layer], layer)
+                x = states[layer][0]
+            logits = weights["decoder.weight"] @ x + weights["decoder.bias"]
+            scores.append(float(-torch.log_softmax(logits, dim=0)[token]))
+            previous = token
+    return scores
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_batched_evaluator_matches_a_token_by_token_loop(word_dataset, tmp_path, cell):
+    checkpoint = make_checkpoint(tmp_path / f"{cell}.pt", word_dataset, cell=cell, seed=3)
+    model, tokenizer = load_model(checkpoint)
+    lines = [enc.ids + [tokenizer.eos_id] for enc in tokenizer.encode_many(TEXT.splitlines())]
+    for context, carry in (("line", False), ("stream", True)):
+        expected = _reference_nll(checkpoint, lines, tokenizer.eos_id, carry_state=carry)
+        for batch_size in (1, 2, 64):
+            got = torch.cat(score_token_lines(model, lines, tokenizer.eos_id, context, batch_size)).tolist()
+            assert got == pytest.approx(expected, rel=1e-5, abs=1e-5), (context, batch_size)
+
+
+def test_cli_totals_match_the_reference_and_do_not_depend_on_batch_size(cli, word_dataset, tmp_path, text_file):
+    checkpoint = make_checkpoint(tmp_path / "m.pt", word_dataset, seed=5)
+    model, tokenizer = load_model(checkpoint)
+    lines = [enc.ids + [tokenizer.eos_id] for enc in tokenizer.encode_many(TEXT.splitlines())]
+    for context, carry in (("line", False), ("stream", True)):
+        expected = sum(_reference_nll(checkpoint, lines, tokenizer.eos_id, carry_state=carry))
+        totals = [cli.json("eval", checkpoint, text_file, "--context", context, "--batch-size", size)["total"]
+                  for size in ("1", "3", "256")]
+        for total in totals:
+            assert total["nll"] == pytest.approx(expected, rel=1e-5)
+            assert total["tokens"] == sum(len(line) for line in lines)
+        assert totals[0]["nll"] == pytest.approx(totals[2]["nll"], rel=1e-6)
+
+
+def test_stream_and_line_agree_on_a_one_line_file(cli, word_dataset, tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "m.pt", word_dataset, seed=7)
+    one_line = tmp_path / "one.txt"
+    one_line.write_text("Tom said hi to Mary .\n", encoding="utf-8")
+    stream = cli.json("eval", checkpoint, one_line, "--context", "stream")["total"]
+    line = cli.json("eval", checkpoint, one_line, "--context", "line")["total"]
+    assert stream["nll"] == pytest.approx(line["nll"], rel=1e-6)
+    assert stream["tokens"] == line["tokens"] == 7
+
+
+def test_many_files_stdin_and_the_total_row(cli, word_model, corpus, text_file):
+    stdin_text = corpus["valid"].read_text(encoding="utf-8")
+    document = json.loads(cli("eval", word_model, corpus["test"], "-", text_file, "--json", input=stdin_text).stdout)
+    names = [entry["name"] for entry in document["files"]]
+    assert names == [str(corpus["test"]), "<stdin>", str(text_file)]
+    total = document["total"]
+    for key in ("lines", "tokens", "oov", "words", "bytes"):
+        assert total[key] == sum(entry[key] for entry in document["files"])
+    assert total["nll"] == pytest.approx(sum(entry["nll"] for entry in document["files"]))
+    assert total["ppl"] == pytest.approx(math.exp(total["nll"] / total["tokens"]))
+    # the same text from a file and from stdin scores the same
+    from_file = cli.json("eval", word_model, corpus["valid"])["files"][0]
+    assert document["files"][1]["nll"] == pytest.approx(from_file["nll"], rel=1e-9)
+
+    table = cli("eval", word_model, corpus["test"], text_file)
+    assert table.stderr == ""
+    assert "total" in table.stdout and "ppl1" in table.stdout and str(text_file) in table.stdout
+
+
+def test_eval_errors(cli, word_model, tmp_path):
+    result = cli("eval", word_model, tmp_path / "missing.txt", expect=1)
+    assert result.stdout == "" and "missing.txt: no such file" in result.stderr
+    result = cli("eval", tmp_path / "nope.pt", tmp_path / "missing.txt", expect=1)
+    assert "no such checkpoint" in result.stderr
+    result = cli("eval", word_model, "-", "-", expect=2)
+    assert "only once" in result.stderr
+    result = cli("eval", word_model, expect=2)
+    assert result.stdout == ""

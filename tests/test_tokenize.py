@@ -1,0 +1,153 @@
+"""`rnnlm tokenize` and the tokenizers behind it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rnnlm_cli.data import Dataset
+from rnnlm_cli.tokenizers import EOS_ID, UNK_ID, tokenizer_from_dict, train_tokenizer
+
+ENGLISH = ["the cat sat on the mat .", "the dog sat on the log .", "a cat and a dog ."]
+JAPANESE = ["猫は公園で魚を食べました。", "今日は天気がいいです。", "犬と猫は庭で遊んでいます。"]
+
+
+def decode_split(dataset: Dataset, split: str) -> list[str]:
+    """The split's id array turned back into lines of text."""
+    ids = np.asarray(dataset.ids(split)).tolist()
+    return dataset.tokenizer.decode(ids).split("\n")[:-1]
+
+
+@pytest.mark.parametrize("kind", ["word", "char", "bpe", "unigram"])
+def test_cli_round_trip_for_every_kind(cli, corpus, tmp_path, kind):
+    out = tmp_path / kind
+    # default vocabulary sizes: for sentencepiece a soft 8000 that a small corpus may not reach
+    result = cli("tokenize", corpus["train"], "--valid", corpus["valid"], "--out", out, "--kind", kind)
+    assert result.stdout == ""
+    assert kind in result.stderr and "train" in result.stderr  # the summary table goes to stderr
+
+    dataset = Dataset(out)
+    train_lines = corpus["train"].read_text(encoding="utf-8").splitlines()
+    valid_lines = corpus["valid"].read_text(encoding="utf-8").splitlines()
+    assert any("は" in line for line in train_lines)  # the corpus really holds Japanese
+    if kind == "word":
+        # whitespace splitting normalises runs of spaces only
+        assert decode_split(dataset, "train") == [" ".join(line.split()) for line in train_lines]
+    else:
+        assert decode_split(dataset, "train") == train_lines
+    meta = json.loads((out / "meta.json").read_text())
+    if kind == "char":
+        # characters never seen in train come back as U+FFFD, one per OOV
+        decoded = decode_split(dataset, "valid")
+        assert sum(line.count("\ufffd") for line in decoded) == meta["splits"]["valid"]["oov"] > 0
+        assert [line.replace("\ufffd", "") for line in decoded] != valid_lines
+    elif kind != "word":
+        assert decode_split(dataset, "valid") == valid_lines
+        assert meta["splits"]["valid"]["oov"] == 0
+    assert meta["splits"]["train"]["lines"] == len(train_lines)
+    assert meta["splits"]["train"]["tokens"] == len(dataset.ids("train"))
+    assert np.count_nonzero(np.asarray(dataset.ids("train")) == EOS_ID) == len(train_lines)
+    assert set(meta["splits"]) == {"train", "valid"}
+    assert not list(out.glob("*.tmp")) and not list(tmp_path.glob("*.model"))
+
+
+def test_word_vocabulary_comes_from_train_only(cli, tmp_path):
+    train = tmp_path / "train.txt"
+    valid = tmp_path / "valid.txt"
+    train.write_text("a b b c c c\nc b\n", encoding="utf-8")
+    valid.write_text("c zebra a\nzebra\n", encoding="utf-8")
+    summary = cli.json("tokenize", train, "--valid", valid, "--out", tmp_path / "d")
+    dataset = Dataset(tmp_path / "d")
+    # specials first, then by frequency: c (4), b (3), a (1)
+    assert dataset.tokenizer.tokens == ["<unk>", "<eos>", "c", "b", "a"]
+    assert np.asarray(dataset.ids("valid")).tolist() == [2, UNK_ID, 4, EOS_ID, UNK_ID, EOS_ID]
+    valid_summary = next(s for s in summary["splits"] if s["split"] == "valid")
+    assert valid_summary["oov"] == 2 and valid_summary["tokens"] == 6
+    assert valid_summary["oov_rate"] == pytest.approx(2 / 4)
+    assert summary["vocab_size"] == 5 and summary["dtype"] == "uint16"
+
+
+def test_min_freq_vocab_size_and_lowercase(tmp_path):
+    lines = ["The the THE cat", "the cat dog"]
+    tokenizer = train_tokenizer("word", lines, min_freq=2, lowercase=True)
+    assert tokenizer.tokens == ["<unk>", "<eos>", "the", "cat"]
+    assert tokenizer.encode("THE Dog").ids == [2, UNK_ID] and tokenizer.encode("THE Dog").oov == 1
+    assert train_tokenizer("word", lines, vocab_size=3).tokens == ["<unk>", "<eos>", "the"]
+
+
+def test_literal_unk_in_text_is_the_unknown_token_not_an_oov():
+    tokenizer = train_tokenizer("word", ["a <unk> b", "<unk> a"])
+    encoded = tokenizer.encode("<unk> a zzz")
+    assert encoded.ids == [UNK_ID, tokenizer.tokens.index("a"), UNK_ID]
+    assert encoded.oov == 1
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe", "unigram"])
+def test_japanese_without_spaces_round_trips(kind):
+    tokenizer = train_tokenizer(kind, (ENGLISH + JAPANESE) * 20, vocab_size=300 if kind != "char" else None)
+    for line in ENGLISH + JAPANESE:
+        encoded = tokenizer.encode(line)
+        assert encoded.oov == 0
+        assert tokenizer.decode(encoded.ids) == line
+    # text never seen in training: sentencepiece falls back to bytes, so nothing is unknown
+    unseen = "東京タワー😀"
+    if kind == "char":
+        assert tokenizer.encode(unseen).oov == len(unseen)
+    else:
+        assert tokenizer.encode(unseen).oov == 0
+        assert tokenizer.decode(tokenizer.encode(unseen).ids) == unseen
+
+
+@pytest.mark.parametrize("kind", ["word", "char", "bpe"])
+def test_tokenizer_serialises_to_plain_data(kind):
+    tokenizer = train_tokenizer(kind, (ENGLISH + JAPANESE) * 20, vocab_size=300 if kind == "bpe" else None)
+    copy = tokenizer_from_dict(tokenizer.to_dict())
+    for line in ENGLISH + JAPANESE:
+        assert copy.encode(line) == tokenizer.encode(line)
+    assert copy.vocab_size == tokenizer.vocab_size
+
+
+def test_tokenize_reads_stdin_and_prints_json(cli, tmp_path):
+    text = "one two three\ntwo three\nthree\n"
+    result = cli("tokenize", "-", "--out", tmp_path / "d", "--json", input=text)
+    summary = json.loads(result.stdout)
+    assert result.stderr == ""
+    assert summary["splits"][0]["source"] == "-"
+    assert summary["splits"][0]["lines"] == 3 and summary["splits"][0]["tokens"] == 9
+    assert summary["vocab_size"] == 5
+
+
+def test_large_vocabulary_uses_uint32(tmp_path):
+    from rnnlm_cli.config import TokenizeConfig
+    from rnnlm_cli.data import tokenize_corpus
+
+    train = tmp_path / "train.txt"
+    train.write_text(" ".join(f"w{i}" for i in range(70_000)) + "\n", encoding="utf-8")
+    summary = tokenize_corpus(TokenizeConfig(train=str(train), out=str(tmp_path / "d")))
+    assert summary.dtype == "uint32" and summary.vocab_size == 70_002
+    ids = Dataset(tmp_path / "d").ids("train")
+    assert ids.dtype.itemsize == 4 and int(ids[-2]) == 70_001
+
+
+def test_tokenize_errors_are_one_line(cli, tmp_path):
+    missing = cli("tokenize", tmp_path / "nope.txt", "--out", tmp_path / "d", expect=1)
+    assert missing.stdout == ""
+    assert missing.stderr.strip().count("\n") == 0 and "no such file" in missing.stderr
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\xff\xfe broken\n")
+    result = cli("tokenize", bad, "--out", tmp_path / "d", expect=1)
+    assert "line 2: not valid UTF-8" in result.stderr and "Traceback" not in result.stderr
+
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("keep me")
+    good = tmp_path / "good.txt"
+    good.write_text("a b\n")
+    result = cli("tokenize", good, "--out", occupied, expect=1)
+    assert "not empty" in result.stderr and (occupied / "notes.txt").read_text() == "keep me"
+
+    result = cli("tokenize", good, "--out", tmp_path / "d", "--kind", "klingon", expect=2)
+    assert result.stdout == ""

@@ -12,12 +12,14 @@ sequence is predicted after ``<eos>``, as in training. Two context modes:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import EvalConfig
@@ -112,14 +114,18 @@ class EvalResult:
         }
 
 
-def evaluate(config: EvalConfig) -> EvalResult:
-    """Score every input with the checkpoint; per-file sums and their total."""
+def evaluate(config: EvalConfig, progress: bool = False) -> EvalResult:
+    """Score every input with the checkpoint; per-file sums and their total.
+
+    ``progress`` shows a tqdm bar per file on stderr (when it is a terminal).
+    """
     device = resolve_device(config.device)
     model, tokenizer, _ = load_for_inference(config.checkpoint, device)
     result = EvalResult(config.checkpoint, config.context, tokenizer.kind, tokenizer.vocab_size)
     for path in config.inputs:
         text = read_text(path)
-        score = score_text(model, tokenizer, text.lines, config.context, config.batch_size)
+        score = score_text(model, tokenizer, text.lines, config.context, config.batch_size,
+                           progress_label=display_name(path) if progress else None)
         score.name = display_name(path)
         result.files.append(score)
         result.total.add(score)
@@ -127,12 +133,15 @@ def evaluate(config: EvalConfig) -> EvalResult:
 
 
 def score_text(
-    model: RNNLanguageModel, tokenizer: Tokenizer, lines: Sequence[str], context: str, batch_size: int = 64
+    model: RNNLanguageModel, tokenizer: Tokenizer, lines: Sequence[str], context: str, batch_size: int = 64,
+    progress_label: str | None = None,
 ) -> CorpusScore:
-    """Sums of one text's scores (see :class:`CorpusScore`)."""
+    """Sums of one text's scores (see :class:`CorpusScore`); a progress bar when ``progress_label`` is given."""
     encoded = tokenizer.encode_many(lines)
     token_lines = [enc.ids + [tokenizer.eos_id] for enc in encoded]
-    line_nll = score_token_lines(model, token_lines, tokenizer.eos_id, context, batch_size)
+    with tqdm(total=sum(len(ids) for ids in token_lines), desc=progress_label, unit="tok", unit_scale=True,
+              file=sys.stderr, leave=False, disable=None if progress_label else True) as bar:
+        line_nll = score_token_lines(model, token_lines, tokenizer.eos_id, context, batch_size, bar.update)
     score = CorpusScore("")
     score.lines = len(lines)
     score.tokens = sum(len(ids) for ids in token_lines)
@@ -145,11 +154,13 @@ def score_text(
 
 
 def score_token_lines(
-    model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, context: str, batch_size: int = 64
+    model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, context: str, batch_size: int = 64,
+    on_progress: Callable[[int], object] = lambda tokens: None,
 ) -> list[torch.Tensor]:
     """Negative log-likelihood (nats) of every token of every line, in input order.
 
-    Each line holds its token ids with the end-of-sentence id last.
+    Each line holds its token ids with the end-of-sentence id last. ``on_progress`` hears how many
+    tokens each step scored.
     """
     if not lines:
         return []
@@ -157,12 +168,13 @@ def score_token_lines(
     with torch.inference_mode():
         if context == "stream":
             stream = torch.tensor([token for line in lines for token in line], dtype=torch.long)
-            nll = score_stream(model, stream, eos_id)
+            nll = score_stream(model, stream, eos_id, on_progress)
             return list(nll.split([len(line) for line in lines]))
-        return _score_lines_batched(model, lines, eos_id, batch_size)
+        return _score_lines_batched(model, lines, eos_id, batch_size, on_progress)
 
 
-def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int) -> torch.Tensor:
+def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int,
+                 on_progress: Callable[[int], object] = lambda tokens: None) -> torch.Tensor:
     """Per-token nll of one token stream, predicted left to right with the state carried throughout."""
     device = model.decoder.weight.device
     targets = targets.to(device)
@@ -173,11 +185,13 @@ def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int) ->
         stop = start + STREAM_CHUNK
         features, hidden = model.features(inputs[None, start:stop], hidden)  # (1, T, H)
         pieces.append(model.token_nll(features[0], targets[start:stop]))
+        on_progress(len(pieces[-1]))
     return torch.cat(pieces).cpu()
 
 
 def _score_lines_batched(
-    model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int
+    model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int,
+    on_progress: Callable[[int], object],
 ) -> list[torch.Tensor]:
     device = model.decoder.weight.device
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]), reverse=True)
@@ -196,4 +210,5 @@ def _score_lines_batched(
         nll = model.token_nll(features[mask], torch.from_numpy(targets).to(device)[mask]).cpu()
         for index, part in zip(batch, nll.split(lengths)):
             results[index] = part
+        on_progress(len(nll))
     return results  # type: ignore[return-value]

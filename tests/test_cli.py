@@ -57,7 +57,7 @@ def test_usage_errors_exit_2_with_nothing_on_stdout(cli, word_model):
 def test_unexpected_errors_are_one_line_unless_debug(cli, word_model, monkeypatch):
     import rnnlm_cli.evaluate
 
-    def explode(config):
+    def explode(*args, **kwargs):
         raise ValueError("boom")
 
     monkeypatch.setattr(rnnlm_cli.evaluate, "evaluate", explode)
@@ -79,7 +79,7 @@ def test_broken_pipe_ends_quietly(word_model):
 def test_keyboard_interrupt_exits_130(cli, word_model, monkeypatch):
     import rnnlm_cli.generate
 
-    def interrupted(config):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(rnnlm_cli.generate, "sample", interrupted)

@@ -42,7 +42,7 @@ def command(
     output.setup_logging(quiet)
     config = EvalConfig(checkpoint=checkpoint, inputs=list(files), context=context.value,
                         batch_size=batch_size, device=device.value)
-    result = evaluate(config)
+    result = evaluate(config, progress=not quiet)
     if json_output:
         output.print_json(result.to_dict())
     else:

@@ -17,6 +17,7 @@ CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_LR = {"sgd": 20.0, "adam": 1e-3}
 CONTEXTS = ("stream", "line")
+EVAL_PRECISIONS = ("fp32", "bf16")
 # settings that shape the model's weights (ModelConfig takes them, with the vocabulary size)
 ARCHITECTURE = ("cell", "emb_size", "hidden_size", "layers", "dropout", "tie_weights", "init_range")
 
@@ -118,19 +119,23 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     checkpoint: str
-    inputs: list[str]  # text files; "-" is standard input
+    inputs: list[str] = field(default_factory=list)  # text files; "-" is standard input
+    files_from: str | None = None  # a file listing more inputs, one path per line ("-": stdin)
     context: str = "stream"  # stream | line (see rnnlm_cli.evaluate)
     batch_size: int = 64  # lines per forward call in line mode; never changes the result
+    exclude_oov: bool = False  # SRILM's convention: OOV tokens are neither scored nor counted
+    precision: str = "fp32"  # fp32 (exact) | bf16 (faster matrix products, about 3 significant digits)
     device: str = "auto"
 
     def __post_init__(self) -> None:
         _choice(self.context, CONTEXTS, "context mode")
+        _choice(self.precision, EVAL_PRECISIONS, "precision")
         _device(self.device)
         if self.batch_size < 1:
             raise ConfigError("--batch-size must be at least 1")
-        if not self.inputs:
-            raise ConfigError("give at least one text file to evaluate (or - for stdin)")
-        if self.inputs.count("-") > 1:
+        if not self.inputs and self.files_from is None:
+            raise ConfigError("give at least one text file to evaluate (- for stdin), or --files-from LIST")
+        if self.inputs.count("-") + (self.files_from == "-") > 1:
             raise ConfigError("standard input (-) can be read only once")
 
 

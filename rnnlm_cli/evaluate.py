@@ -3,18 +3,25 @@
 Each line is scored as its tokens followed by the end-of-sentence token; the first token of a
 sequence is predicted after ``<eos>``, as in training. Two context modes:
 
-- ``stream``: one file is one long sequence and the hidden state carries across lines (the
-  protocol behind published PTB and WikiText-2 numbers, and how the model was trained);
+- ``stream`` (the default): one file is one long sequence and the hidden state carries across
+  lines. The model was trained that way, and published PTB and WikiText-2 perplexities are
+  measured that way, so this is the number to compare with them (and with training's validation).
 - ``line``: the state starts afresh at each line, as in SRILM and KenLM, so a line's score does
-  not depend on its neighbours. Lines are batched, longest first, and put back in input order.
+  not depend on its neighbours. Lines are batched longest first and put back in input order.
+
+Input is read and scored a window of lines at a time, so per-line and per-token results stream
+out before the whole input has been read, and memory stays bounded on big files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,12 +30,48 @@ from tqdm import tqdm
 
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import EvalConfig
+from rnnlm_cli.errors import ConfigError, InputError
 from rnnlm_cli.model import RNNLanguageModel
 from rnnlm_cli.runtime import resolve_device
-from rnnlm_cli.textio import display_name, read_text
-from rnnlm_cli.tokenizers import Tokenizer
+from rnnlm_cli.textio import STDIN, display_name, iter_lines, read_path_list
 
 STREAM_CHUNK = 512  # time steps per forward call in stream mode; the state carries between calls
+WINDOW_BATCHES = 8  # line mode reads this many batches at a time to sort by length (the first window is one)
+LOG10 = math.log(10)
+
+
+@dataclass
+class LineScore:
+    """The scores of one input line."""
+
+    file: str  # the input's display name ("<stdin>" for -)
+    line: int  # line number in that input, from 1
+    token_nll: np.ndarray  # nats per token, end-of-sentence last; NaN where an OOV token is not scored
+    oov_positions: tuple[int, ...]  # tokens whose word (or character) is outside the vocabulary
+    words: int  # whitespace words plus one for the line end (OOV words left out when they are not scored)
+    bytes: int  # UTF-8 bytes, the newline included
+    pieces: list[str] | None = None  # the text of each token, end-of-sentence last, when asked for
+
+    @property
+    def tokens(self) -> int:
+        """Tokens scored (an excluded OOV token is not)."""
+        return int(np.count_nonzero(~np.isnan(self.token_nll)))
+
+    @property
+    def oov(self) -> int:
+        return len(self.oov_positions)
+
+    @property
+    def nll(self) -> float:
+        return float(np.nansum(self.token_nll))
+
+    @property
+    def log10_prob(self) -> float:
+        return -self.nll / LOG10
+
+    @property
+    def ppl(self) -> float:
+        return _exp_ratio(self.nll, self.tokens)
 
 
 @dataclass
@@ -38,7 +81,7 @@ class CorpusScore:
     name: str
     lines: int = 0
     tokens: int = 0  # model tokens scored, one end-of-sentence per line included
-    oov: int = 0  # words (or characters) outside the vocabulary, scored as <unk>
+    oov: int = 0  # words (or characters) outside the vocabulary
     nll: float = 0.0  # total negative log-likelihood, nats
     eos_nll: float = 0.0  # the part of nll spent on end-of-sentence tokens
     words: int = 0  # whitespace-separated words plus one end-of-line per line
@@ -62,6 +105,15 @@ class CorpusScore:
     @property
     def bits_per_byte(self) -> float:
         return self.nll / math.log(2) / self.bytes if self.bytes else math.nan
+
+    def add_line(self, line: LineScore) -> None:
+        self.lines += 1
+        self.tokens += line.tokens
+        self.oov += line.oov
+        self.nll += line.nll
+        self.eos_nll += float(line.token_nll[-1])
+        self.words += line.words
+        self.bytes += line.bytes
 
     def add(self, other: CorpusScore) -> None:
         for name in ("lines", "tokens", "oov", "nll", "eos_nll", "words", "bytes"):
@@ -94,21 +146,35 @@ def _exp_ratio(nll: float, count: int) -> float:
         return math.inf
 
 
+def oov_convention(exclude_oov: bool) -> str:
+    if exclude_oov:
+        return "OOV tokens are neither scored nor counted (SRILM's default)"
+    return "OOV words are scored as <unk> and counted in tokens"
+
+
 @dataclass
 class EvalResult:
     checkpoint: str
     context: str
+    exclude_oov: bool
+    precision: str
     tokenizer_kind: str
     vocab_size: int
     files: list[CorpusScore] = field(default_factory=list)
     total: CorpusScore = field(default_factory=lambda: CorpusScore("total"))
 
+    @property
+    def oov_convention(self) -> str:
+        return oov_convention(self.exclude_oov)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "checkpoint": self.checkpoint,
             "context": self.context,
+            "exclude_oov": self.exclude_oov,
+            "oov_convention": self.oov_convention,
+            "precision": self.precision,
             "tokenizer": {"kind": self.tokenizer_kind, "vocab_size": self.vocab_size},
-            "oov_convention": "OOV words are scored as <unk> and counted in tokens",
             "files": [score.to_dict() for score in self.files],
             "total": self.total.to_dict(),
         }
@@ -119,79 +185,148 @@ def evaluate(config: EvalConfig, progress: bool = False) -> EvalResult:
 
     ``progress`` shows a tqdm bar per file on stderr (when it is a terminal).
     """
-    device = resolve_device(config.device)
-    model, tokenizer, _ = load_for_inference(config.checkpoint, device)
-    result = EvalResult(config.checkpoint, config.context, tokenizer.kind, tokenizer.vocab_size)
-    for path in config.inputs:
-        text = read_text(path)
-        score = score_text(model, tokenizer, text.lines, config.context, config.batch_size,
-                           progress_label=display_name(path) if progress else None)
-        score.name = display_name(path)
+    scorer = Scorer(config)
+    result = EvalResult(config.checkpoint, config.context, config.exclude_oov, config.precision,
+                        scorer.tokenizer.kind, scorer.tokenizer.vocab_size)
+    for path in scorer.inputs:
+        score = CorpusScore(display_name(path))
+        for line in scorer.score_file(path, progress=progress):
+            score.add_line(line)
         result.files.append(score)
         result.total.add(score)
     return result
 
 
-def score_text(
-    model: RNNLanguageModel, tokenizer: Tokenizer, lines: Sequence[str], context: str, batch_size: int = 64,
-    progress_label: str | None = None,
-) -> CorpusScore:
-    """Sums of one text's scores (see :class:`CorpusScore`); a progress bar when ``progress_label`` is given."""
-    encoded = tokenizer.encode_many(lines)
-    token_lines = [enc.ids + [tokenizer.eos_id] for enc in encoded]
-    with tqdm(total=sum(len(ids) for ids in token_lines), desc=progress_label, unit="tok", unit_scale=True,
-              file=sys.stderr, leave=False, disable=None if progress_label else True) as bar:
-        line_nll = score_token_lines(model, token_lines, tokenizer.eos_id, context, batch_size, bar.update)
-    score = CorpusScore("")
-    score.lines = len(lines)
-    score.tokens = sum(len(ids) for ids in token_lines)
-    score.oov = sum(enc.oov for enc in encoded)
-    score.nll = float(sum(float(nll.sum(dtype=torch.float64)) for nll in line_nll))
-    score.eos_nll = float(sum(float(nll[-1]) for nll in line_nll))
-    score.words = sum(len(line.split()) + 1 for line in lines)
-    score.bytes = sum(len(line.encode("utf-8")) + 1 for line in lines)
-    return score
+def iter_line_scores(config: EvalConfig, pieces: bool = False) -> Iterator[LineScore]:
+    """Every line of every input, in input order, as soon as it is scored.
+
+    The checkpoint and the inputs are checked when this is called, before the first line is read.
+    ``pieces`` adds each token's text, for per-token output.
+    """
+    scorer = Scorer(config)
+    return (line for path in scorer.inputs for line in scorer.score_file(path, pieces=pieces))
+
+
+class Scorer:
+    """A checkpoint loaded for scoring, with the inputs of ``config`` checked up front."""
+
+    def __init__(self, config: EvalConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model, self.tokenizer, _ = load_for_inference(config.checkpoint, self.device)
+        self.inputs = resolve_inputs(config)
+
+    def score_file(self, path: str, pieces: bool = False, progress: bool = False) -> Iterator[LineScore]:
+        config, tokenizer = self.config, self.tokenizer
+        name = display_name(path)
+        size = None if path == STDIN else Path(path).stat().st_size
+        bar = tqdm(total=size, desc=name, unit="B", unit_scale=True, leave=False, file=sys.stderr,
+                   disable=None if progress else True)
+        numbered = enumerate(iter_lines(path), start=1)
+        hidden = None  # stream mode: the state carried from one window to the next
+        with bar:
+            growth = WINDOW_BATCHES if config.context == "line" else 1
+            for window in _windows(numbered, config.batch_size, growth):
+                texts = [text for _, text in window]
+                encoded = tokenizer.encode_many(texts)
+                token_lines = [enc.ids + [tokenizer.eos_id] for enc in encoded]
+                with self._precision():
+                    if config.context == "stream":
+                        line_nll, hidden = score_stream_lines(self.model, token_lines, tokenizer.eos_id, hidden)
+                    else:
+                        line_nll = score_token_lines(self.model, token_lines, tokenizer.eos_id, "line",
+                                                     config.batch_size)
+                for (number, text), enc, nll in zip(window, encoded, line_nll):
+                    yield self._line_score(name, number, text, enc.oov_positions, nll, pieces)
+                bar.update(sum(len(text.encode("utf-8")) + 1 for text in texts))
+
+    def _line_score(self, name: str, number: int, text: str, oov_positions: tuple[int, ...],
+                    nll: torch.Tensor, pieces: bool) -> LineScore:
+        token_nll = nll.double().numpy()
+        words = len(text.split()) + 1
+        if self.config.exclude_oov and oov_positions:
+            token_nll[list(oov_positions)] = np.nan
+            if self.tokenizer.kind == "word":
+                words -= len(oov_positions)
+        return LineScore(name, number, token_nll, oov_positions, words, len(text.encode("utf-8")) + 1,
+                         [*self.tokenizer.surface(text), self.tokenizer.piece(self.tokenizer.eos_id)]
+                         if pieces else None)
+
+    def _precision(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def resolve_inputs(config: EvalConfig) -> list[str]:
+    """The inputs of ``config`` (--files-from expanded), checked before any work starts."""
+    inputs = list(config.inputs)
+    if config.files_from is not None:
+        inputs += read_path_list(config.files_from)
+    if not inputs:
+        raise ConfigError("no inputs to evaluate: the --files-from list is empty")
+    if inputs.count(STDIN) + (config.files_from == STDIN) > 1:
+        raise ConfigError("standard input (-) can be read only once")
+    for path in inputs:
+        if path != STDIN and not Path(path).is_file():
+            reason = "is a directory" if Path(path).is_dir() else "no such file"
+            raise InputError(f"{path}: {reason}")
+    return inputs
+
+
+def _windows(numbered: Iterator[tuple[int, str]], batch_size: int, growth: int) -> Iterator[list[tuple[int, str]]]:
+    """Lines in windows: one batch first, so that output starts at once, then ``growth`` batches."""
+    size = batch_size
+    while window := list(islice(numbered, size)):
+        yield window
+        size = batch_size * growth
 
 
 def score_token_lines(
     model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, context: str, batch_size: int = 64,
-    on_progress: Callable[[int], object] = lambda tokens: None,
 ) -> list[torch.Tensor]:
     """Negative log-likelihood (nats) of every token of every line, in input order.
 
-    Each line holds its token ids with the end-of-sentence id last. ``on_progress`` hears how many
-    tokens each step scored.
+    Each line holds its token ids with the end-of-sentence id last.
     """
+    if context == "stream":
+        return score_stream_lines(model, lines, eos_id)[0]
     if not lines:
         return []
     model.eval()
     with torch.inference_mode():
-        if context == "stream":
-            stream = torch.tensor([token for line in lines for token in line], dtype=torch.long)
-            nll = score_stream(model, stream, eos_id, on_progress)
-            return list(nll.split([len(line) for line in lines]))
-        return _score_lines_batched(model, lines, eos_id, batch_size, on_progress)
+        return _score_lines_batched(model, lines, eos_id, batch_size)
 
 
-def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int,
-                 on_progress: Callable[[int], object] = lambda tokens: None) -> torch.Tensor:
-    """Per-token nll of one token stream, predicted left to right with the state carried throughout."""
+def score_stream_lines(model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, hidden=None):
+    """Per-line nll of consecutive lines read as one stream, and the state after the last line."""
+    if not lines:
+        return [], hidden
+    stream = torch.tensor([token for line in lines for token in line], dtype=torch.long)
+    nll, hidden = score_stream(model, stream, eos_id, hidden)
+    return list(nll.split([len(line) for line in lines])), hidden
+
+
+def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int, hidden=None):
+    """Per-token nll of one token stream, left to right with the state carried, and the final state.
+
+    The token before ``targets[0]`` is taken to be ``<eos>``: streams start at a line boundary.
+    """
+    model.eval()
     device = model.decoder.weight.device
     targets = targets.to(device)
     inputs = torch.cat([targets.new_full((1,), eos_id), targets[:-1]])
-    hidden = None
     pieces = []
-    for start in range(0, len(targets), STREAM_CHUNK):
-        stop = start + STREAM_CHUNK
-        features, hidden = model.features(inputs[None, start:stop], hidden)  # (1, T, H)
-        pieces.append(model.token_nll(features[0], targets[start:stop]))
-        on_progress(len(pieces[-1]))
-    return torch.cat(pieces).cpu()
+    with torch.inference_mode():
+        for start in range(0, len(targets), STREAM_CHUNK):
+            stop = start + STREAM_CHUNK
+            features, hidden = model.features(inputs[None, start:stop], hidden)  # (1, T, H)
+            pieces.append(model.token_nll(features[0], targets[start:stop]))
+    return torch.cat(pieces).cpu(), hidden
 
 
 def _score_lines_batched(
-    model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int,
-    on_progress: Callable[[int], object],
+    model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int
 ) -> list[torch.Tensor]:
     device = model.decoder.weight.device
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]), reverse=True)
@@ -210,5 +345,5 @@ def _score_lines_batched(
         nll = model.token_nll(features[mask], torch.from_numpy(targets).to(device)[mask]).cpu()
         for index, part in zip(batch, nll.split(lengths)):
             results[index] = part
-        on_progress(len(nll))
     return results  # type: ignore[return-value]
+

@@ -92,3 +92,8 @@ def read_text(path: str) -> TextFile:
     tally = ByteTally()
     lines = list(iter_lines(path, tally))
     return TextFile(name=path, lines=lines, sha256=tally.sha256, size=tally.size)
+
+
+def read_path_list(path: str) -> list[str]:
+    """Paths listed one per line in ``path`` (``-``: stdin); blank lines are skipped."""
+    return [line.strip() for line in iter_lines(path) if line.strip()]

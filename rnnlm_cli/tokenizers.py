@@ -33,7 +33,12 @@ DEFAULT_CHARACTER_COVERAGE = 0.9995
 @dataclass(frozen=True)
 class Encoded:
     ids: list[int]  # one id per token, without the end-of-sentence id
-    oov: int  # input words (or characters) that fell outside the vocabulary and became <unk>
+    oov_positions: tuple[int, ...] = ()  # tokens whose word (or character) was outside the vocabulary
+
+    @property
+    def oov(self) -> int:
+        """Input words (or characters) that fell outside the vocabulary and became <unk>."""
+        return len(self.oov_positions)
 
 
 class Tokenizer(ABC):
@@ -56,6 +61,10 @@ class Tokenizer(ABC):
     @abstractmethod
     def piece(self, token_id: int) -> str:
         """The printable form of one token, as in per-token tables."""
+
+    def surface(self, line: str) -> list[str]:
+        """The text of each token of ``line``, aligned with ``encode(line).ids``."""
+        return [self.piece(token_id) for token_id in self.encode(line).ids]
 
     @abstractmethod
     def _decode_line(self, ids: Sequence[int]) -> str: ...
@@ -112,11 +121,13 @@ class _VocabularyTokenizer(Tokenizer):
         units = self._units(line.lower() if self.lowercase else line)
         index = self._index
         ids = [index.get(unit, UNK_ID) for unit in units]
-        oov = sum(1 for unit in units if unit not in index)
-        return Encoded(ids, oov)
+        return Encoded(ids, tuple(position for position, unit in enumerate(units) if unit not in index))
 
     def piece(self, token_id: int) -> str:
         return self.tokens[token_id]
+
+    def surface(self, line: str) -> list[str]:
+        return self._units(line.lower() if self.lowercase else line)  # unknown words keep their own text
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "lowercase": self.lowercase, "tokens": list(self.tokens)}
@@ -212,12 +223,11 @@ class SentencePieceTokenizer(Tokenizer):
         return self._processor.get_piece_size()
 
     def encode(self, line: str) -> Encoded:
-        ids = self._processor.encode(line.lower() if self.lowercase else line)
-        return Encoded(ids, ids.count(UNK_ID))
+        return self.encode_many([line])[0]
 
     def encode_many(self, lines: Sequence[str]) -> list[Encoded]:
         texts = [line.lower() for line in lines] if self.lowercase else list(lines)
-        return [Encoded(ids, ids.count(UNK_ID)) for ids in self._processor.encode(texts)]
+        return [Encoded(ids, _unknown(ids)) for ids in self._processor.encode(texts)]
 
     def piece(self, token_id: int) -> str:
         return self._processor.id_to_piece(token_id)
@@ -227,6 +237,10 @@ class SentencePieceTokenizer(Tokenizer):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "lowercase": self.lowercase, "model": self.model}
+
+
+def _unknown(ids: list[int]) -> tuple[int, ...]:
+    return tuple(position for position, token_id in enumerate(ids) if token_id == UNK_ID) if UNK_ID in ids else ()
 
 
 def _first_line(error: Exception) -> str:

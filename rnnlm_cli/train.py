@@ -304,9 +304,7 @@ def _train_epoch(model, optimizer, batches: BPTTBatches, config: TrainConfig, st
 
 def _validation_loss(model: RNNLanguageModel, valid_ids: np.ndarray, eos_id: int, device: torch.device) -> float:
     """Mean nll per token over the whole validation stream, exactly as `rnnlm eval --context stream` scores it."""
-    model.eval()
-    with torch.inference_mode():
-        nll = score_stream(model, torch.from_numpy(np.asarray(valid_ids, dtype=np.int64)), eos_id)
+    nll, _ = score_stream(model, torch.from_numpy(np.asarray(valid_ids, dtype=np.int64)), eos_id)
     model.train()
     return float(nll.sum(dtype=torch.float64)) / max(len(nll), 1)
 

@@ -71,3 +71,12 @@ def word_model(cli, word_dataset, tmp_path_factory) -> Path:
     cli("train", word_dataset, "--out", checkpoint, *TINY_MODEL, "--epochs", "2", "--optimizer", "adam",
         "--lr", "0.01", "-q")
     return checkpoint
+
+
+@pytest.fixture(scope="session")
+def char_model(cli, corpus, tmp_path_factory) -> Path:
+    """A tiny character-level LSTM trained for one epoch."""
+    root = tmp_path_factory.mktemp("char")
+    cli("tokenize", corpus["train"], "--valid", corpus["valid"], "--kind", "char", "--out", root / "d", "-q")
+    cli("train", root / "d", "--out", root / "char.pt", *TINY_MODEL, "--epochs", "1", "-q")
+    return root / "char.pt"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import select
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +179,142 @@ def test_eval_errors(cli, word_model, tmp_path):
     assert "only once" in result.stderr
     result = cli("eval", word_model, expect=2)
     assert result.stdout == ""
+
+
+def test_line_level_tsv_and_json_lines(cli, word_model, corpus, text_file):
+    result = cli("eval", word_model, corpus["test"], text_file, "--level", "line", "--context", "line")
+    assert result.stderr == ""
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert rows[0] == ["file", "line", "tokens", "oov", "log10_prob", "ppl"]
+    test_lines = corpus["test"].read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 1 + len(test_lines) + len(TEXT.splitlines())
+    assert [int(row[1]) for row in rows[1:len(test_lines) + 1]] == list(range(1, len(test_lines) + 1))
+    assert rows[-1][0] == str(text_file) and rows[-1][1] == "5"
+
+    summary = cli.json("eval", word_model, corpus["test"], text_file, "--context", "line")["total"]
+    assert sum(int(row[2]) for row in rows[1:]) == summary["tokens"]
+    assert sum(int(row[3]) for row in rows[1:]) == summary["oov"]
+    assert -sum(float(row[4]) for row in rows[1:]) * math.log(10) == pytest.approx(summary["nll"], rel=1e-6)
+    for row in rows[1:]:
+        assert float(row[5]) == pytest.approx(10 ** (-float(row[4]) / int(row[2])), rel=1e-6)
+
+    jsonl = cli("eval", word_model, text_file, "--level", "line", "--json").stdout.splitlines()
+    records = [json.loads(line) for line in jsonl]
+    assert len(records) == 5 and set(records[0]) == {"file", "line", "tokens", "oov", "log10_prob", "ppl"}
+    assert [r["line"] for r in records] == [1, 2, 3, 4, 5] and records[3]["tokens"] == 1  # the empty line: </s>
+
+
+def test_token_level_matches_the_reference_loop(cli, word_dataset, tmp_path, text_file):
+    checkpoint = make_checkpoint(tmp_path / "m.pt", word_dataset, cell="gru", seed=11)
+    model, tokenizer = load_model(checkpoint)
+    lines = [enc.ids + [tokenizer.eos_id] for enc in tokenizer.encode_many(TEXT.splitlines())]
+    for context, carry in (("line", False), ("stream", True)):
+        expected = _reference_nll(checkpoint, lines, tokenizer.eos_id, carry_state=carry)
+        result = cli("eval", checkpoint, text_file, "--level", "token", "--context", context)
+        rows = [line.split("\t") for line in result.stdout.splitlines()]
+        assert rows[0] == ["file", "line", "position", "token", "oov", "log10_prob"]
+        assert len(rows) - 1 == len(expected) == sum(len(line) for line in lines)
+        got = [-float(row[5]) * math.log(10) for row in rows[1:]]
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert [row[3] for row in rows if row[1] == "1"] == ["the", "cat", "sat", "on", "the", "mat", ".", "<eos>"]
+    japanese = next(row for row in rows if row[3] == "猫は魚を食べました。")
+    assert japanese[4] == "1"  # unknown words keep their own text and are flagged
+    assert [row[3] for row in rows if row[1] == "4"] == ["<eos>"]  # the empty line
+
+
+def test_token_level_for_characters_escapes_tabs(cli, char_model, tmp_path):
+    text = tmp_path / "tab.txt"
+    text.write_text("a\tb c\n", encoding="utf-8")
+    rows = [row.split("\t") for row in cli("eval", char_model, text, "--level", "token").stdout.splitlines()[1:]]
+    assert [row[3] for row in rows] == ["a", "\\t", "b", " ", "c", "<eos>"]
+    assert [row[4] for row in rows] == ["0", "1", "0", "0", "0", "0"]  # no tab in the training text
+
+
+def test_exclude_oov_follows_srilm(cli, word_dataset, tmp_path, text_file):
+    checkpoint = make_checkpoint(tmp_path / "m.pt", word_dataset, seed=2)
+    tokenizer = Dataset(word_dataset).tokenizer
+    scored = cli.json("eval", checkpoint, text_file, "--context", "line")
+    excluded = cli.json("eval", checkpoint, text_file, "--context", "line", "--exclude-oov")
+    assert "scored as <unk>" in scored["oov_convention"] and scored["exclude_oov"] is False
+    assert "neither scored nor counted" in excluded["oov_convention"] and excluded["exclude_oov"] is True
+    oov = scored["total"]["oov"]
+    assert oov >= 2 and excluded["total"]["oov"] == oov
+    assert excluded["total"]["tokens"] == scored["total"]["tokens"] - oov
+    assert excluded["total"]["words"] == scored["total"]["words"] - oov
+
+    tokens = cli("eval", checkpoint, text_file, "--level", "token", "--context", "line").stdout.splitlines()[1:]
+    oov_nll = sum(-float(row.split("\t")[5]) * math.log(10) for row in tokens if row.split("\t")[4] == "1")
+    assert excluded["total"]["nll"] == pytest.approx(scored["total"]["nll"] - oov_nll, rel=1e-6)
+    assert excluded["total"]["ppl"] == pytest.approx(
+        math.exp(excluded["total"]["nll"] / excluded["total"]["tokens"]), rel=1e-9)
+    assert all(row.split("\t")[5] == "" for row in cli(
+        "eval", checkpoint, text_file, "--level", "token", "--exclude-oov").stdout.splitlines()[1:]
+        if row.split("\t")[4] == "1")
+    table = cli("eval", checkpoint, text_file, "--exclude-oov").stdout
+    assert "neither scored nor counted" in table
+    assert len(tokenizer.tokens) == scored["tokenizer"]["vocab_size"]
+
+
+def test_files_from_and_summary_tsv(cli, word_model, corpus, text_file, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{corpus['test']}\n\n{text_file}\n", encoding="utf-8")
+    from_list = cli.json("eval", word_model, "--files-from", listing)
+    direct = cli.json("eval", word_model, corpus["test"], text_file)
+    assert from_list["files"] == direct["files"] and from_list["total"] == direct["total"]
+    from_stdin = cli.json("eval", word_model, corpus["valid"], "--files-from", "-", input=listing.read_text())
+    assert [f["name"] for f in from_stdin["files"]] == [str(corpus["valid"]), str(corpus["test"]), str(text_file)]
+
+    tsv = cli("eval", word_model, "--files-from", listing, "--format", "tsv").stdout.splitlines()
+    header = tsv[0].split("\t")
+    assert header[:6] == ["name", "lines", "tokens", "oov", "nll", "ppl"] and len(tsv) == 4
+    total = dict(zip(header, tsv[-1].split("\t")))
+    assert total["name"] == "total" and float(total["ppl"]) == pytest.approx(direct["total"]["ppl"], rel=1e-8)
+
+    missing = tmp_path / "list2.txt"
+    missing.write_text(f"{text_file}\n{tmp_path / 'gone.txt'}\n", encoding="utf-8")
+    result = cli("eval", word_model, "--files-from", missing, "--level", "line", expect=1)
+    assert result.stdout == "" and "gone.txt: no such file" in result.stderr  # checked before any output
+    assert cli("eval", word_model, "-", "--files-from", "-", expect=2).stdout == ""
+    assert "not a table" in cli("eval", word_model, text_file, "--level", "line", "--format", "table",
+                                expect=2).stderr
+
+
+def test_bf16_precision_is_close(cli, word_model, corpus):
+    exact = cli.json("eval", word_model, corpus["test"], "--context", "line")
+    fast = cli.json("eval", word_model, corpus["test"], "--context", "line", "--precision", "bf16")
+    assert fast["precision"] == "bf16" and exact["precision"] == "fp32"
+    assert fast["total"]["ppl"] == pytest.approx(exact["total"]["ppl"], rel=2e-2)
+
+
+def _rnnlm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rnnlm_cli", *map(str, args)]
+
+
+def test_line_level_streams_before_the_input_ends(word_model):
+    process = subprocess.Popen(_rnnlm("eval", word_model, "-", "--level", "line", "--context", "line",
+                                      "--batch-size", "2"),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        process.stdin.write("Tom said hi .\nMary said hi .\n")
+        process.stdin.flush()
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        assert ready, "no output within 60 s while stdin stays open"
+        assert process.stdout.readline().startswith("file\t")
+        assert process.stdout.readline().startswith("<stdin>\t1\t")
+        process.stdin.write("Ken said hi .\n")
+    finally:
+        process.stdin.close()
+        rest = process.stdout.read()
+        process.wait(timeout=60)
+    assert rest.count("<stdin>") == 2 and process.returncode == 0
+
+
+def test_head_ends_quietly(word_model, corpus, tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text(corpus["train"].read_text(encoding="utf-8") * 30, encoding="utf-8")
+    for level in ("line", "token"):
+        command = " ".join(_rnnlm("eval", word_model, big, "--level", level)) + " | head -n 3"
+        result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True,
+                                timeout=120)
+        assert len(result.stdout.splitlines()) == 3
+        assert result.stderr == "" and result.returncode == 0

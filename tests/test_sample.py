@@ -61,14 +61,6 @@ def test_unknown_prompt_words_warn_once(cli, word_model):
     assert all(line.startswith("zyzzyva Tom") for line in result.stdout.splitlines())
 
 
-@pytest.fixture(scope="module")
-def char_model(cli, corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("char")
-    cli("tokenize", corpus["train"], "--valid", corpus["valid"], "--kind", "char", "--out", root / "d", "-q")
-    cli("train", root / "d", "--out", root / "char.pt", *TINY_MODEL, "--epochs", "1", "-q")
-    return root / "char.pt"
-
-
 def test_character_samples_are_separated_by_a_blank_line(cli, char_model):
     result = cli("sample", char_model, "-n", "3", "--max-tokens", "80", "--prompt", "花は")
     samples = result.stdout.rstrip("\n").split("\n\n")

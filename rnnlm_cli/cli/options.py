@@ -11,15 +11,15 @@ from rnnlm_cli.config import CELLS, CONTEXTS, DEVICES, OPTIMIZERS
 from rnnlm_cli.tokenizers import KINDS
 
 
-def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+def choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
     return enum.Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
 
 
-Kind = _choices("Kind", KINDS)
-Cell = _choices("Cell", CELLS)
-Optimizer = _choices("Optimizer", OPTIMIZERS)
-Device = _choices("Device", DEVICES)
-Context = _choices("Context", CONTEXTS)
+Kind = choices("Kind", KINDS)
+Cell = choices("Cell", CELLS)
+Optimizer = choices("Optimizer", OPTIMIZERS)
+Device = choices("Device", DEVICES)
+Context = choices("Context", CONTEXTS)
 
 CheckpointArg = Annotated[
     str, typer.Argument(metavar="CKPT", help="Checkpoint file written by `rnnlm train`.", show_default=False)

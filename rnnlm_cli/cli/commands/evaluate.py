@@ -1,59 +1,163 @@
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import math
+import sys
+from typing import Annotated, Optional
 
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import CheckpointArg, Context, Device, DeviceOpt, JsonOpt, QuietOpt
+from rnnlm_cli.cli.options import CheckpointArg, Context, Device, DeviceOpt, QuietOpt, choices
+from rnnlm_cli.config import EVAL_PRECISIONS
 
 NAME = "eval"
+
+Level = choices("Level", ("summary", "line", "token"))
+Format = choices("Format", ("table", "tsv", "json"))
+Precision = choices("Precision", EVAL_PRECISIONS)
+
+SUMMARY_COLUMNS = ("name", "lines", "tokens", "oov", "nll", "ppl", "ppl1", "words", "word_ppl", "bytes",
+                   "bits_per_byte")
+LINE_COLUMNS = ("file", "line", "tokens", "oov", "log10_prob", "ppl")
+TOKEN_COLUMNS = ("file", "line", "position", "token", "oov", "log10_prob")
 
 
 def command(
     checkpoint: CheckpointArg,
-    files: Annotated[list[str], typer.Argument(metavar="FILE...", show_default=False,
-                                               help="Text files to score, one sentence per line; - reads stdin.")],
+    files: Annotated[Optional[list[str]], typer.Argument(
+        metavar="FILE...", show_default=False,
+        help="Text files to score, one sentence per line; - reads stdin.")] = None,
+    files_from: Annotated[Optional[str], typer.Option(
+        metavar="LIST", show_default=False,
+        help="Also score the files listed in LIST, one path per line (- reads the list from stdin).")] = None,
+    level: Annotated[Level, typer.Option(
+        help="summary: one row per file and a total; line: one row per input line, in input order; "
+             "token: one row per token with its log10 probability. line and token stream as they go.")
+    ] = Level("summary"),
+    output_format: Annotated[Optional[Format], typer.Option(
+        "--format", show_default=False,
+        help="table (summary only), tsv (with a header) or json (one document for summary, JSON Lines "
+             "for line and token). [default: table for summary, tsv for line and token]")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     context: Annotated[Context, typer.Option(
         help="stream: carry the hidden state across lines (how the model was trained, and how published "
-             "PTB / WikiText numbers are measured); line: start each line afresh, like SRILM and KenLM.")
+             "PTB / WikiText numbers are measured); line: start each line afresh, like SRILM and KenLM, "
+             "so a line's score does not depend on its neighbours.")
     ] = Context("stream"),
+    exclude_oov: Annotated[bool, typer.Option(
+        "--exclude-oov", help="SRILM's convention: out-of-vocabulary tokens are neither scored nor counted. "
+                              "By default they are scored as `<unk>` and counted.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Lines per forward pass with --context line; "
                                                         "the result does not depend on it.")] = 64,
+    precision: Annotated[Precision, typer.Option(
+        help="fp32 gives exact perplexities; bf16 runs matrix products in bfloat16 (faster on CPUs with "
+             "AVX-512 BF16 or AMX, and on GPUs) and agrees to about 3 significant digits.")
+    ] = Precision("fp32"),
     device: DeviceOpt = Device("auto"),
-    json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Perplexity of a checkpoint on one or more text files, per file and in total.
+    """Perplexity of a checkpoint on one or more text files, per file and in total, or per line and token.
 
     Every token is scored, the end-of-sentence token at each line end included (ppl); ppl1
-    leaves it out. Words outside the vocabulary are scored as `<unk>` and counted (OOV).
-    word ppl and bits/byte compare models with different tokenizers on the same text.
+    leaves it out, as in SRILM. Words outside the vocabulary are scored as `<unk>` and counted
+    (OOV), unless --exclude-oov. word ppl and bits/byte compare models with different tokenizers
+    on the same text. stdout carries only results.
 
     Example:
 
         rnnlm eval ptb.pt ptb/valid.txt ptb/test.txt
 
         cat notes.txt | rnnlm eval ptb.pt - --json
+
+        rnnlm eval ptb.pt test.txt --level line --context line | head
     """
     from rnnlm_cli.config import EvalConfig
-    from rnnlm_cli.evaluate import evaluate
+    from rnnlm_cli.errors import ConfigError
 
     output.setup_logging(quiet)
-    config = EvalConfig(checkpoint=checkpoint, inputs=list(files), context=context.value,
-                        batch_size=batch_size, device=device.value)
-    result = evaluate(config, progress=not quiet)
-    if json_output:
+    chosen = Format("json") if json_output else output_format
+    if chosen is None:
+        chosen = Format("table") if level.value == "summary" else Format("tsv")
+    if chosen.value == "table" and level.value != "summary":
+        raise ConfigError(f"--level {level.value} writes tsv or json, not a table")
+    config = EvalConfig(checkpoint=checkpoint, inputs=list(files or []), files_from=files_from,
+                        context=context.value, batch_size=batch_size, exclude_oov=exclude_oov,
+                        precision=precision.value, device=device.value)
+    if level.value == "summary":
+        _summary(config, chosen.value, progress=not quiet)
+    else:
+        _rows(config, level.value, chosen.value)
+
+
+def _summary(config, format_name: str, progress: bool) -> None:
+    from rnnlm_cli.evaluate import evaluate
+
+    result = evaluate(config, progress=progress)
+    if format_name == "json":
         output.print_json(result.to_dict())
+    elif format_name == "tsv":
+        rows = [score.to_dict() for score in result.files] + [result.total.to_dict()]
+        _write_tsv(SUMMARY_COLUMNS, ([row[column] for column in SUMMARY_COLUMNS] for row in rows))
     else:
         output.stdout().print(_table(result))
+
+
+def _rows(config, level: str, format_name: str) -> None:
+    """Per-line or per-token rows, written (and flushed) line by line as they are scored."""
+    from rnnlm_cli.evaluate import iter_line_scores
+
+    columns = LINE_COLUMNS if level == "line" else TOKEN_COLUMNS
+    scores = iter_line_scores(config, pieces=level == "token")
+    if format_name == "tsv":
+        sys.stdout.write("\t".join(columns) + "\n")
+    for scored in scores:
+        rows = [_line_row(scored)] if level == "line" else _token_rows(scored)
+        for row in rows:
+            if format_name == "json":
+                sys.stdout.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n")
+            else:
+                sys.stdout.write("\t".join(_tsv_field(value) for value in row) + "\n")
+        sys.stdout.flush()
+
+
+def _line_row(scored) -> list:
+    return [scored.file, scored.line, scored.tokens, scored.oov, _finite(scored.log10_prob), _finite(scored.ppl)]
+
+
+def _token_rows(scored) -> list[list]:
+    oov = set(scored.oov_positions)
+    return [[scored.file, scored.line, position + 1, piece, int(position in oov), _finite(-nll / math.log(10))]
+            for position, (piece, nll) in enumerate(zip(scored.pieces, scored.token_nll.tolist()))]
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _write_tsv(columns, rows) -> None:
+    sys.stdout.write("\t".join(columns) + "\n")
+    for row in rows:
+        sys.stdout.write("\t".join(_tsv_field(value) for value in row) + "\n")
+
+
+def _tsv_field(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    text = str(value)
+    if any(c in text for c in "\t\n\r\\"):
+        text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text
 
 
 def _table(result):
     from rich.table import Table
 
-    table = Table(caption=f"context: {result.context}; ppl counts the end-of-sentence token, ppl1 leaves it out; "
-                          "OOV words are scored as <unk>", caption_justify="left")
+    caption = (f"context: {result.context}; {result.oov_convention}; ppl counts the end-of-sentence token, "
+               f"ppl1 leaves it out; precision {result.precision}")
+    table = Table(caption=caption, caption_justify="left")
     columns = ("file", "lines", "tokens", "OOV", "nll", "ppl", "ppl1", "word ppl", "bits/byte")
     for column in columns:
         if column == "file":

@@ -1,0 +1,57 @@
+"""Helpers shared by the benchmark scripts: machine description and docs/benchmarks.md sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "docs" / "benchmarks.md"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+HEADER = """# Benchmarks
+
+Figures written by the scripts in `bench/` (not part of the test suite); each script rewrites its
+own section. Every ratio compares runs measured in the same script run on the same machine.
+"""
+
+
+def machine() -> str:
+    """One line naming the CPU, its cores, its bf16 support and the torch build."""
+    import torch
+
+    model, flags = "unknown CPU", ""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = re.search(r"model name\s*:\s*(.*)", cpuinfo).group(1).strip()
+        flags = re.search(r"flags\s*:\s*(.*)", cpuinfo).group(1)
+    except (OSError, AttributeError):
+        pass
+    bf16 = [name for name in ("avx512_bf16", "amx_bf16") if name in flags.split()]
+    return (f"{model}, {os.cpu_count()} logical cores, bf16 instructions: {', '.join(bf16) or 'none'}; "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section ``name`` of docs/benchmarks.md."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    text = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.exists() else HEADER
+    block = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    BENCHMARKS.write_text(text, encoding="utf-8")
+
+
+def run_rnnlm(*args: str) -> tuple[float, str]:
+    """Wall-clock seconds of a whole `rnnlm` process (start-up included) and its stdout."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "rnnlm_cli", *map(str, args)], capture_output=True,
+                            text=True, check=True)
+    return time.perf_counter() - start, result.stdout

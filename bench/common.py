@@ -49,6 +49,15 @@ def write_section(name: str, body: str) -> None:
     BENCHMARKS.write_text(text, encoding="utf-8")
 
 
+def publish(name: str, body: str, dry_run: bool) -> None:
+    """Print the section (a dry run) or write it into docs/benchmarks.md."""
+    if dry_run:
+        print(body)
+    else:
+        write_section(name, body)
+        print(f"wrote the {name} section of docs/benchmarks.md")
+
+
 def run_rnnlm(*args: str) -> tuple[float, str]:
     """Wall-clock seconds of a whole `rnnlm` process (start-up included) and its stdout."""
     start = time.perf_counter()

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, machine, run_rnnlm, write_section  # noqa: E402
+from common import SHARED_DATA, machine, publish, run_rnnlm  # noqa: E402
 
 from rnnlm_cli.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
 from rnnlm_cli.config import EvalConfig, TokenizeConfig  # noqa: E402
@@ -180,11 +180,7 @@ def main() -> None:
         "batch-1 loop already batches the output layer over each line's tokens; the 20x aim needs a CPU with "
         "a faster bf16 unit (AMX) than this one.",
     ])
-    if args.quick:
-        print(body)
-    else:
-        write_section("eval-speed", body)
-        print("wrote docs/benchmarks.md")
+    publish("eval-speed", body, dry_run=args.quick)
 
 
 if __name__ == "__main__":

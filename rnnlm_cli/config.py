@@ -14,12 +14,43 @@ from rnnlm_cli.tokenizers import DEFAULT_CHARACTER_COVERAGE, KINDS
 
 DEVICES = ("auto", "cpu", "cuda")
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-OPTIMIZERS = ("sgd", "adam")
-DEFAULT_LR = {"sgd": 20.0, "adam": 1e-3}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DEFAULT_LR = {"sgd": 20.0, "adam": 1e-3, "adamw": 1e-3}
+SCHEDULES = ("plateau", "epoch", "cosine")
 CONTEXTS = ("stream", "line")
 EVAL_PRECISIONS = ("fp32", "bf16")
-# settings that shape the model's weights (ModelConfig takes them, with the vocabulary size)
-ARCHITECTURE = ("cell", "emb_size", "hidden_size", "layers", "dropout", "tie_weights", "init_range")
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+# the model's settings (ModelConfig takes them, with the vocabulary size)
+ARCHITECTURE = ("cell", "emb_size", "hidden_size", "layers", "dropout", "tie_weights", "init_range",
+                "dropout_input", "dropout_hidden", "dropout_output", "variational", "word_dropout")
+
+# Published recipes for word-level PTB. Zaremba et al. (2014) sum the loss over the bptt steps and
+# use lr 1 with clip 5 (10 for large); rnnlm averages the loss per token, so the same updates are
+# lr = bptt and clip = 5 / bptt. Their lr is divided by lr_decay every epoch after decay_start.
+# The *-tied medium and large recipes are the PyTorch word_language_model example's (--tied).
+_ZAREMBA = {"cell": "lstm", "layers": 2, "batch_size": 20, "optimizer": "sgd", "schedule": "epoch", "patience": 0}
+_PYTORCH_EXAMPLE = {"cell": "lstm", "layers": 2, "batch_size": 20, "bptt": 35, "optimizer": "sgd", "lr": 20.0,
+                    "clip": 0.25, "epochs": 40, "schedule": "plateau", "lr_decay": 4.0, "patience": 0,
+                    "init_range": 0.1, "tie_weights": True}
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {**_ZAREMBA, "emb_size": 200, "hidden_size": 200, "dropout": 0.0, "init_range": 0.1, "bptt": 20,
+              "lr": 20.0, "clip": 0.25, "epochs": 13, "decay_start": 4, "lr_decay": 2.0},
+    "medium": {**_ZAREMBA, "emb_size": 650, "hidden_size": 650, "dropout": 0.5, "init_range": 0.05, "bptt": 35,
+               "lr": 35.0, "clip": 5 / 35, "epochs": 39, "decay_start": 6, "lr_decay": 1.25},
+    "large": {**_ZAREMBA, "emb_size": 1500, "hidden_size": 1500, "dropout": 0.65, "init_range": 0.04, "bptt": 35,
+              "lr": 35.0, "clip": 10 / 35, "epochs": 55, "decay_start": 14, "lr_decay": 1.15},
+    "medium-tied": {**_PYTORCH_EXAMPLE, "emb_size": 650, "hidden_size": 650, "dropout": 0.5},
+    "large-tied": {**_PYTORCH_EXAMPLE, "emb_size": 1500, "hidden_size": 1500, "dropout": 0.65},
+}
+PRESETS["small-tied"] = {**PRESETS["small"], "tie_weights": True}
+PRESET_SOURCES = {
+    "small": "Zaremba et al. 2014 small: 2x200, no dropout, 13 epochs (published PTB test ppl 114.5)",
+    "medium": "Zaremba et al. 2014 medium: 2x650, dropout 0.5, 39 epochs (published 82.7)",
+    "large": "Zaremba et al. 2014 large: 2x1500, dropout 0.65, 55 epochs (published 78.4)",
+    "small-tied": "Zaremba small with tied input/output embeddings",
+    "medium-tied": "PyTorch word_language_model example, 2x650 tied, dropout 0.5, 40 epochs (published 75.96)",
+    "large-tied": "PyTorch word_language_model example, 2x1500 tied, dropout 0.65, 40 epochs (published 72.30)",
+}
 
 
 def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
@@ -33,8 +64,10 @@ def check_architecture(settings: dict[str, Any]) -> None:
     for name in ("emb_size", "hidden_size", "layers"):
         if settings[name] < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {settings[name]}")
-    if not 0 <= settings["dropout"] < 1:
-        raise ConfigError(f"--dropout must be in [0, 1), not {settings['dropout']}")
+    for name in ("dropout", "dropout_input", "dropout_hidden", "dropout_output", "word_dropout"):
+        value = settings.get(name)
+        if value is not None and not 0 <= value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), not {value}")
     if settings["tie_weights"] and settings["emb_size"] != settings["hidden_size"]:
         raise ConfigError(
             f"--tie-weights needs --emb-size equal to --hidden-size "
@@ -76,25 +109,38 @@ class TrainConfig:
     layers: int = 2
     emb_size: int = 200
     hidden_size: int = 200
-    dropout: float = 0.2  # on embeddings, between layers and on the top layer's output
+    dropout: float = 0.2  # default for the input, hidden and output dropouts below
     tie_weights: bool = False  # share embedding and output matrices; needs emb_size == hidden_size
     init_range: float = 0.1  # uniform init of embedding and output weights in [-r, r]
-    optimizer: str = "sgd"  # sgd | adam
-    lr: float | None = None  # None: 20 for sgd, 0.001 for adam (filled in on construction)
+    dropout_input: float | None = None  # on the embeddings (None: dropout)
+    dropout_hidden: float | None = None  # between recurrent layers (None: dropout)
+    dropout_output: float | None = None  # on the top layer's output (None: dropout)
+    variational: bool = False  # one dropout mask per sequence, shared across time steps
+    word_dropout: float = 0.0  # drop whole words (rows of the embedding matrix) per batch
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float | None = None  # None: 20 for sgd, 0.001 for adam(w) (filled in on construction)
+    weight_decay: float = 0.0  # L2 penalty (sgd, adam) or decoupled decay (adamw)
     clip: float = 0.25  # maximum global gradient norm; 0 turns clipping off
     bptt: int = 35  # time steps per truncated back-propagation window
     batch_size: int = 20  # parallel streams
     epochs: int = 40
-    lr_decay: float = 4.0  # divide the learning rate by this when validation does not improve; 1 never
+    schedule: str = "plateau"  # plateau | epoch | cosine (see rnnlm_cli.train)
+    lr_decay: float = 4.0  # plateau and epoch schedules divide the learning rate by this; 1 never
+    decay_start: int = 0  # epoch schedule: epochs at the full rate before dividing every epoch
+    warmup_steps: int = 0  # cosine schedule: steps of linear warm-up before the cosine decay
     patience: int = 5  # stop after this many epochs in a row without improvement; 0 never stops early
+    precision: str = "auto"  # auto | fp32 | bf16; auto is bf16 on CUDA and on CPUs with AMX / AVX-512 BF16
     seed: int = 1111
     device: str = "auto"  # auto | cpu | cuda
     max_time: float | None = None  # seconds for this run; stops cleanly with both checkpoints saved
     valid_fraction: float = 0.05  # of training lines held out when the dataset has no valid split
+    preset: str | None = None  # the recipe the settings started from (see PRESETS)
 
     def __post_init__(self) -> None:
         check_architecture(self.architecture())
         _choice(self.optimizer, OPTIMIZERS, "optimizer")
+        _choice(self.schedule, SCHEDULES, "schedule")
+        _choice(self.precision, TRAIN_PRECISIONS, "precision")
         _device(self.device)
         for name in ("bptt", "batch_size", "epochs"):
             if getattr(self, name) < 1:
@@ -103,14 +149,23 @@ class TrainConfig:
             self.lr = DEFAULT_LR[self.optimizer]
         if self.lr <= 0:
             raise ConfigError("--lr must be positive")
-        if self.clip < 0 or self.patience < 0:
-            raise ConfigError("--clip and --patience cannot be negative")
+        for name in ("clip", "patience", "weight_decay", "decay_start", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} cannot be negative")
         if self.lr_decay < 1:
             raise ConfigError("--lr-decay divides the learning rate; it must be at least 1")
         if self.max_time is not None and self.max_time <= 0:
             raise ConfigError("--max-time must be positive")
         if not 0 < self.valid_fraction < 1:
             raise ConfigError("valid_fraction must be between 0 and 1")
+
+    @classmethod
+    def from_preset(cls, preset: str | None, **settings: Any) -> TrainConfig:
+        """A preset's settings with ``settings`` (explicit options) on top."""
+        if preset is None:
+            return cls(**settings)
+        _choice(preset, tuple(PRESETS), "preset")
+        return cls(**{**PRESETS[preset], **settings, "preset": preset})
 
     def architecture(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in ARCHITECTURE}

@@ -15,7 +15,6 @@ out before the whole input has been read, and memory stays bounded on big files.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 from collections.abc import Iterator, Sequence
@@ -32,7 +31,7 @@ from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import EvalConfig
 from rnnlm_cli.errors import ConfigError, InputError
 from rnnlm_cli.model import RNNLanguageModel
-from rnnlm_cli.runtime import resolve_device
+from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_device
 from rnnlm_cli.textio import STDIN, display_name, iter_lines, read_path_list
 
 STREAM_CHUNK = 512  # time steps per forward call in stream mode; the state carries between calls
@@ -213,6 +212,7 @@ class Scorer:
     def __init__(self, config: EvalConfig) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        keep_freed_memory()
         self.model, self.tokenizer, _ = load_for_inference(config.checkpoint, self.device)
         self.inputs = resolve_inputs(config)
 
@@ -230,7 +230,7 @@ class Scorer:
                 texts = [text for _, text in window]
                 encoded = tokenizer.encode_many(texts)
                 token_lines = [enc.ids + [tokenizer.eos_id] for enc in encoded]
-                with self._precision():
+                with autocast(self.device, config.precision):
                     if config.context == "stream":
                         line_nll, hidden = score_stream_lines(self.model, token_lines, tokenizer.eos_id, hidden)
                     else:
@@ -251,11 +251,6 @@ class Scorer:
         return LineScore(name, number, token_nll, oov_positions, words, len(text.encode("utf-8")) + 1,
                          [*self.tokenizer.surface(text), self.tokenizer.piece(self.tokenizer.eos_id)]
                          if pieces else None)
-
-    def _precision(self):
-        if self.config.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
 
 def resolve_inputs(config: EvalConfig) -> list[str]:

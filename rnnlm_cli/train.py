@@ -1,12 +1,21 @@
-"""Training with truncated back-propagation through time, validation, early stopping and resume.
+"""Training with truncated back-propagation through time, validation, schedules, early stopping and resume.
 
 ``train(config)`` writes two checkpoints: ``config.out`` always holds the model with the best
 validation loss so far, and its companion ``<stem>.last<suffix>`` holds the latest state with
-everything needed to continue (optimizer, random generators, position in the epoch).
+everything needed to continue (optimizer, random generators, position in the epoch). Every
+validation is also appended as one JSON line to ``<stem>.metrics.jsonl``.
+
+Learning-rate schedules:
+
+- ``plateau``: divide the rate by ``lr_decay`` after an epoch that did not improve validation;
+- ``epoch`` (Zaremba et al.): full rate for ``decay_start`` epochs, then divided by ``lr_decay`` every epoch;
+- ``cosine``: linear warm-up over ``warmup_steps``, then a cosine from the full rate down to 0 at the
+  last step (the usual choice with Adam).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -21,17 +30,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rnnlm_cli.checkpoint import Checkpoint, current_versions, load_checkpoint, save_checkpoint
-from rnnlm_cli.config import ARCHITECTURE, TrainConfig
+from rnnlm_cli.config import TrainConfig
 from rnnlm_cli.data import BPTTBatches, Dataset, line_ends
 from rnnlm_cli.errors import CheckpointError, ConfigError, DatasetError, TrainingError
 from rnnlm_cli.evaluate import score_stream
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden
-from rnnlm_cli.runtime import resolve_device, seed_everything
+from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, seed_everything
 
 log = logging.getLogger(__name__)
 
 # settings that shape the weights and the optimizer state; a resumed run cannot change them
-FIXED_ON_RESUME = tuple(name for name in ARCHITECTURE if name != "dropout") + ("optimizer",)
+FIXED_ON_RESUME = ("cell", "emb_size", "hidden_size", "layers", "tie_weights", "init_range", "optimizer")
 # settings of one invocation, not of the run: a resumed run starts from their defaults
 PER_INVOCATION = ("max_time", "device")
 
@@ -40,12 +49,14 @@ PER_INVOCATION = ("max_time", "device")
 class TrainResult:
     checkpoint: str
     last_checkpoint: str
+    metrics: str  # the JSON Lines file with one record per validation
     epochs: int  # epochs completed
     steps: int
     best_valid_ppl: float
     best_epoch: int
     stop_reason: str  # completed | early_stop | max_time
     elapsed_seconds: float  # this run's wall-clock time
+    precision: str  # fp32 or bf16, as resolved from the config
     history: list[dict[str, Any]] = field(default_factory=list)
     validation: str = ""  # where the validation text came from
 
@@ -57,6 +68,11 @@ def last_state_path(checkpoint: str | Path) -> Path:
     """Where the latest resumable state of the run whose best checkpoint is ``checkpoint`` lives."""
     path = Path(checkpoint)
     return path.with_name(f"{path.stem}.last{path.suffix}")
+
+
+def metrics_path(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}.metrics.jsonl")
 
 
 def best_checkpoint_path(checkpoint: str | Path) -> Path:
@@ -116,98 +132,255 @@ class _Progress:
 
 def train(config: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> TrainResult:
     """Train (or continue training) a model on ``config.dataset``; see the module docstring."""
-    run_start = time.monotonic()
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    dataset = Dataset(config.dataset)
-    tokenizer = dataset.tokenizer
-    train_ids, valid_ids, validation_source = _training_and_validation(dataset, config.valid_fraction)
+    return _Trainer(config, resume, progress).run()
 
-    model = RNNLanguageModel(ModelConfig(tokenizer.vocab_size, **config.architecture())).to(device)
-    optimizer = _make_optimizer(config, model)
-    state = _Progress(lr=config.lr)
-    hidden = None
-    if resume is not None:
-        state, hidden = _restore(resume_path(resume), config, dataset, model, optimizer, device)
-        log.info("resuming %s at epoch %d, step %d", resume, state.epoch + 1, state.step)
 
-    out = Path(config.out)
-    last_out = last_state_path(out)
-    batches = BPTTBatches(train_ids, config.batch_size, config.bptt, tokenizer.eos_id)
-    data_record = {"dataset": str(Path(config.dataset).resolve()), "splits": dataset.fingerprints(),
-                   "validation": validation_source}
+class _Trainer:
+    def __init__(self, config: TrainConfig, resume: str | Path | None, progress: bool) -> None:
+        self.started = time.monotonic()
+        self.config = config
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        keep_freed_memory()
+        seed_everything(config.seed)
+        self.dataset = Dataset(config.dataset)
+        self.tokenizer = self.dataset.tokenizer
+        train_ids, self.valid_ids, self.validation_source = _training_and_validation(
+            self.dataset, config.valid_fraction)
+        self.batches = BPTTBatches(train_ids, config.batch_size, config.bptt, self.tokenizer.eos_id)
+        self.model = RNNLanguageModel(ModelConfig(self.tokenizer.vocab_size, **config.architecture())).to(self.device)
+        self.optimizer = _make_optimizer(config, self.model)
+        self.state = _Progress(lr=config.lr)
+        self.hidden = None
+        self.out = Path(config.out)
+        self.metrics = metrics_path(self.out)
+        if resume is not None:
+            self._restore(resume_path(resume))
+            log.info("resuming %s at epoch %d, step %d", resume, self.state.epoch + 1, self.state.step)
+        else:
+            self.metrics.unlink(missing_ok=True)
+        self.data_record = {"dataset": str(Path(config.dataset).resolve()), "splits": self.dataset.fingerprints(),
+                            "validation": self.validation_source}
+        log.info("training %s on %s in %s (%s); %d batches of %d x %d tokens per epoch",
+                 _describe(self.model), self.device, self.precision,
+                 f"preset {config.preset}" if config.preset else "no preset", len(self.batches),
+                 config.batch_size, config.bptt)
 
-    def make_checkpoint(with_state: bool, hidden_state=None) -> Checkpoint:
+    def run(self) -> TrainResult:
+        config, state = self.config, self.state
+        deadline = None if config.max_time is None else self.started + config.max_time
+        stop_reason = "completed"
+        if state.epoch >= config.epochs:
+            log.info("the run has already trained %d epochs; raise --epochs to train more", state.epoch)
+        while state.epoch < config.epochs and stop_reason == "completed":
+            finished = self._train_epoch(deadline)
+            valid_loss = self._validation_loss()
+            record = self._record(valid_loss, finished)
+            improved = valid_loss < state.best_valid_loss
+            if improved:
+                state.best_valid_loss, state.best_epoch = valid_loss, state.epoch + 1
+            if finished:
+                self._finish_epoch(valid_loss)
+                if config.patience and state.bad_epochs >= config.patience and state.epoch < config.epochs:
+                    stop_reason = "early_stop"
+            else:
+                stop_reason = "max_time"
+            if improved:
+                save_checkpoint(self._checkpoint(with_state=False), self.out)
+            save_checkpoint(self._checkpoint(with_state=True), last_state_path(self.out))
+            log.info(_epoch_line(record, config.epochs, improved, time.monotonic() - self.started))
+
+        if stop_reason == "early_stop":
+            log.info("early stop: no improvement in validation for %d epochs", state.bad_epochs)
+        elif stop_reason == "max_time":
+            log.info("stopped at the --max-time budget; continue with --resume %s", self.out)
+        best = state.best_valid_loss
+        return TrainResult(
+            checkpoint=str(self.out),
+            last_checkpoint=str(last_state_path(self.out)),
+            metrics=str(self.metrics),
+            epochs=state.epoch,
+            steps=state.step,
+            best_valid_ppl=math.exp(best) if math.isfinite(best) else math.inf,
+            best_epoch=state.best_epoch,
+            stop_reason=stop_reason,
+            elapsed_seconds=time.monotonic() - self.started,
+            precision=self.precision,
+            history=state.history,
+            validation=self.validation_source,
+        )
+
+    def _train_epoch(self, deadline: float | None) -> bool:
+        """Train from ``state.batch`` to the end of the epoch, or until ``deadline``; True if the epoch finished."""
+        config, state, model, batches = self.config, self.state, self.model, self.batches
+        model.train()
+        if config.schedule == "epoch":
+            self._set_lr(config.lr / config.lr_decay ** max(0, state.epoch + 1 - config.decay_start))
+        if self.hidden is None:
+            self.hidden = model.init_hidden(config.batch_size, self.device)
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        vocab_size = model.config.vocab_size
+        bar = tqdm(total=len(batches), initial=state.batch, desc=f"epoch {state.epoch + 1}/{config.epochs}",
+                   unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True,
+                   disable=None if self.progress else True)
+        started, tokens_at_start = time.monotonic(), state.epoch_tokens
+        try:
+            while state.batch < len(batches):
+                if config.schedule == "cosine":
+                    self._set_lr(_cosine_lr(config, state.step, len(batches) * config.epochs))
+                inputs, targets = (t.to(self.device, non_blocking=True) for t in batches[state.batch])
+                with autocast(self.device, self.precision):
+                    logits, hidden = model(inputs, detach_hidden(self.hidden))  # (B, T, V)
+                loss = F.cross_entropy(logits.float().reshape(-1, vocab_size), targets.reshape(-1))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.clip > 0:
+                    norm = torch.nn.utils.clip_grad_norm_(parameters, config.clip)
+                    state.epoch_clipped_steps += int(norm > config.clip)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise TrainingError(f"the training loss became {loss_value} at step {state.step + 1}; "
+                                        "try a lower --lr or a smaller --clip")
+                self.optimizer.step()
+                self.hidden = hidden
+                state.step += 1
+                state.epoch_steps += 1
+                state.batch += 1
+                state.epoch_loss_sum += loss_value * targets.numel()
+                state.epoch_tokens += targets.numel()
+                bar.update(1)
+                if state.batch % 10 == 0 or state.batch == len(batches):
+                    mean = state.epoch_loss_sum / state.epoch_tokens
+                    speed = (state.epoch_tokens - tokens_at_start) / max(time.monotonic() - started, 1e-9)
+                    bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
+                                    tok_s=f"{speed:,.0f}", lr=f"{state.lr:.3g}", refresh=False)
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        finally:
+            bar.close()
+            state.epoch_seconds += time.monotonic() - started
+        return state.batch == len(batches)
+
+    def _validation_loss(self) -> float:
+        """Mean nll per token over the whole validation stream, exactly as `rnnlm eval --context stream` scores it."""
+        nll, _ = score_stream(self.model, torch.from_numpy(np.asarray(self.valid_ids, dtype=np.int64)),
+                              self.tokenizer.eos_id)
+        loss = float(nll.sum(dtype=torch.float64)) / max(len(nll), 1)
+        if not math.isfinite(loss):
+            raise TrainingError("the validation loss is not finite; the model diverged (try a lower --lr)")
+        return loss
+
+    def _record(self, valid_loss: float, finished: bool) -> dict[str, Any]:
+        """One validation's metrics: kept in the checkpoint and appended to the metrics file."""
+        state = self.state
+        train_loss = state.epoch_loss_sum / max(state.epoch_tokens, 1)
+        record = {
+            "epoch": state.epoch + 1,
+            "complete": finished,
+            "step": state.step,
+            "train_loss": train_loss,
+            "train_ppl": math.exp(min(train_loss, 700)),
+            "valid_loss": valid_loss,
+            "valid_ppl": math.exp(min(valid_loss, 700)),
+            "lr": state.lr,
+            "seconds": state.epoch_seconds,
+            "elapsed_seconds": time.monotonic() - self.started,
+            "tokens_per_second": state.epoch_tokens / max(state.epoch_seconds, 1e-9),
+            "clipped_fraction": state.epoch_clipped_steps / max(state.epoch_steps, 1),
+        }
+        state.history.append(record)
+        with open(self.metrics, "a", encoding="utf-8") as metrics:
+            metrics.write(json.dumps(record) + "\n")
+        return record
+
+    def _finish_epoch(self, valid_loss: float) -> None:
+        """Move to the next epoch; count a bad epoch, and on the plateau schedule divide the rate.
+
+        Only complete epochs are compared, so a run cut short by --max-time and resumed makes the
+        same decisions as one that ran straight through.
+        """
+        state, config = self.state, self.config
+        state.epoch += 1
+        state.batch = 0
+        state.epoch_loss_sum, state.epoch_tokens, state.epoch_seconds = 0.0, 0, 0.0
+        state.epoch_steps = state.epoch_clipped_steps = 0
+        self.hidden = None
+        if valid_loss < state.best_complete_loss:
+            state.best_complete_loss, state.bad_epochs = valid_loss, 0
+            return
+        state.bad_epochs += 1
+        if config.schedule == "plateau" and config.lr_decay > 1:
+            self._set_lr(state.lr / config.lr_decay)
+
+    def _set_lr(self, lr: float) -> None:
+        self.state.lr = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _checkpoint(self, with_state: bool) -> Checkpoint:
+        state = self.state
         record: dict[str, Any] = {
-            "config": asdict(config),
+            "config": asdict(self.config),
+            "precision": self.precision,
             "epoch": state.epoch,
             "step": state.step,
             "best_valid_loss": state.best_valid_loss,
             "best_epoch": state.best_epoch,
             "history": list(state.history),
-            "state": _resume_state(state, optimizer, hidden_state, device) if with_state else None,
+            "state": self._resume_state() if with_state else None,
         }
         # state_dict() tensors share storage with the parameters (tied weights stay one tensor);
         # torch.save serialises them before training touches them again
-        return Checkpoint(model.config, model.state_dict(), tokenizer.to_dict(), record, data_record,
-                          current_versions())
+        return Checkpoint(self.model.config, self.model.state_dict(), self.tokenizer.to_dict(), record,
+                          self.data_record, current_versions())
 
-    stop_reason = "completed"
-    if state.epoch >= config.epochs:
-        log.info("the run has already trained %d epochs; raise --epochs to train more", state.epoch)
-    while state.epoch < config.epochs and stop_reason == "completed":
-        epoch_start = time.monotonic()
-        hidden, finished = _train_epoch(model, optimizer, batches, config, state, hidden, device,
-                                        deadline=None if config.max_time is None else run_start + config.max_time,
-                                        progress=progress)
-        state.epoch_seconds += time.monotonic() - epoch_start
-        valid_loss = _validation_loss(model, valid_ids, tokenizer.eos_id, device)
-        if not math.isfinite(valid_loss):
-            raise TrainingError("the validation loss is not finite; the model diverged (try a lower --lr)")
-        record = {
-            "epoch": state.epoch + 1,
-            "complete": finished,
-            "train_loss": state.epoch_loss_sum / max(state.epoch_tokens, 1),
-            "valid_loss": valid_loss,
-            "lr": state.lr,
-            "seconds": state.epoch_seconds,
-            "tokens_per_second": state.epoch_tokens / max(state.epoch_seconds, 1e-9),
-            "clipped_fraction": state.epoch_clipped_steps / max(state.epoch_steps, 1),
-        }
-        record["train_ppl"] = math.exp(min(record["train_loss"], 700))
-        record["valid_ppl"] = math.exp(min(valid_loss, 700))
-        state.history.append(record)
-        improved = valid_loss < state.best_valid_loss
-        if improved:
-            state.best_valid_loss, state.best_epoch = valid_loss, state.epoch + 1
-        if finished:
-            _finish_epoch(state, valid_loss, config, optimizer)
-            hidden = None
-            if config.patience and state.bad_epochs >= config.patience and state.epoch < config.epochs:
-                stop_reason = "early_stop"
-        else:
-            stop_reason = "max_time"
-        if improved:
-            save_checkpoint(make_checkpoint(with_state=False), out)
-        save_checkpoint(make_checkpoint(with_state=True, hidden_state=hidden), last_out)
-        log.info(_epoch_line(record, config.epochs, improved, time.monotonic() - run_start))
+    def _resume_state(self) -> dict[str, Any]:
+        saved = asdict(self.state)
+        saved["optimizer"] = self.optimizer.state_dict()
+        saved["rng"] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            saved["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.hidden is not None:
+            parts = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
+            saved["hidden"] = [h.detach().cpu() for h in parts]
+        return saved
 
-    if stop_reason == "early_stop":
-        log.info("early stop: no improvement in validation for %d epochs", state.bad_epochs)
-    elif stop_reason == "max_time":
-        log.info("stopped at the --max-time budget; continue with --resume %s", out)
-    return TrainResult(
-        checkpoint=str(out),
-        last_checkpoint=str(last_out),
-        epochs=state.epoch,
-        steps=state.step,
-        best_valid_ppl=math.exp(state.best_valid_loss) if math.isfinite(state.best_valid_loss) else math.inf,
-        best_epoch=state.best_epoch,
-        stop_reason=stop_reason,
-        elapsed_seconds=time.monotonic() - run_start,
-        history=state.history,
-        validation=validation_source,
-    )
+    def _restore(self, path: Path) -> None:
+        config, dataset, model = self.config, self.dataset, self.model
+        checkpoint = load_checkpoint(path, map_location=self.device)
+        saved = checkpoint.train.get("state")
+        if not saved:
+            raise CheckpointError(f"{path}: holds no resume state")
+        if checkpoint.tokenizer != dataset.tokenizer.to_dict():
+            raise CheckpointError(f"{path}: was trained with a different tokenizer than {dataset.directory}'s")
+        trained_on = checkpoint.data.get("splits", {}).get("train", {}).get("sha256")
+        if trained_on != dataset.split_info("train")["sha256"]:
+            raise CheckpointError(f"{path}: was trained on different text than {dataset.directory}'s train split")
+        stored = {**checkpoint.model_config.to_dict(), "optimizer": checkpoint.train["config"]["optimizer"]}
+        changed = [name for name in FIXED_ON_RESUME if stored[name] != getattr(config, name)]
+        if changed or stored["vocab_size"] != dataset.tokenizer.vocab_size:
+            raise CheckpointError(f"{path}: its settings differ from this run's ({', '.join(changed) or 'vocab_size'})")
+        model.load_state_dict(checkpoint.model_state)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.state = _Progress(**{f.name: saved[f.name] for f in fields(_Progress) if f.name in saved})
+        if config.lr != checkpoint.train["config"]["lr"]:
+            self.state.lr = config.lr  # an explicit --lr on resume restarts the schedule from it
+        self._set_lr(self.state.lr)
+        torch.set_rng_state(saved["rng"]["torch"].cpu())
+        if "cuda" in saved["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), self.device)
+        if saved.get("hidden"):
+            parts = tuple(h.to(self.device) for h in saved["hidden"])
+            self.hidden = parts if model.config.cell == "lstm" else parts[0]
+
+
+def _cosine_lr(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Linear warm-up to config.lr over warmup_steps, then a half cosine down to 0 at total_steps."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(total_steps - config.warmup_steps, 1)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(step - config.warmup_steps, span) / span))
 
 
 def _training_and_validation(dataset: Dataset, valid_fraction: float) -> tuple[np.ndarray, np.ndarray, str]:
@@ -225,131 +398,15 @@ def _training_and_validation(dataset: Dataset, valid_fraction: float) -> tuple[n
     return train_ids[:cut], train_ids[cut:], source
 
 
-def _finish_epoch(state: _Progress, valid_loss: float, config: TrainConfig, optimizer) -> None:
-    """Move to the next epoch; on a bad epoch, count it and divide the learning rate.
-
-    Only complete epochs are compared, so a run cut short by --max-time and resumed makes the
-    same decisions as one that ran straight through.
-    """
-    state.epoch += 1
-    state.batch = 0
-    state.epoch_loss_sum, state.epoch_tokens, state.epoch_seconds = 0.0, 0, 0.0
-    state.epoch_steps = state.epoch_clipped_steps = 0
-    if valid_loss < state.best_complete_loss:
-        state.best_complete_loss, state.bad_epochs = valid_loss, 0
-    else:
-        state.bad_epochs += 1
-        if config.lr_decay > 1:
-            state.lr /= config.lr_decay
-            for group in optimizer.param_groups:
-                group["lr"] = state.lr
-
-
 def _make_optimizer(config: TrainConfig, model: RNNLanguageModel) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr)
-    return torch.optim.SGD(model.parameters(), lr=config.lr)
+    optimizer_class = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    return optimizer_class[config.optimizer](model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _train_epoch(model, optimizer, batches: BPTTBatches, config: TrainConfig, state: _Progress, hidden,
-                 device: torch.device, deadline: float | None, progress: bool):
-    """Train from ``state.batch`` to the end of the epoch, or until ``deadline``.
-
-    Returns the hidden state and whether the epoch finished.
-    """
-    model.train()
-    if hidden is None:
-        hidden = model.init_hidden(config.batch_size, device)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    vocab_size = model.config.vocab_size
-    bar = tqdm(total=len(batches), initial=state.batch, desc=f"epoch {state.epoch + 1}/{config.epochs}",
-               unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True, disable=None if progress else True)
-    started, tokens_at_start = time.monotonic(), state.epoch_tokens
-    try:
-        while state.batch < len(batches):
-            inputs, targets = batches[state.batch]
-            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            hidden = detach_hidden(hidden)
-            logits, hidden = model(inputs, hidden)  # (B, T, V)
-            loss = F.cross_entropy(logits.reshape(-1, vocab_size), targets.reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(parameters, config.clip)
-                state.epoch_clipped_steps += int(norm > config.clip)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise TrainingError(
-                    f"the training loss became {loss_value} at step {state.step + 1}; "
-                    "try a lower --lr or a smaller --clip"
-                )
-            optimizer.step()
-            state.step += 1
-            state.epoch_steps += 1
-            state.batch += 1
-            state.epoch_loss_sum += loss_value * targets.numel()
-            state.epoch_tokens += targets.numel()
-            bar.update(1)
-            if state.batch % 10 == 0 or state.batch == len(batches):
-                mean = state.epoch_loss_sum / state.epoch_tokens
-                speed = (state.epoch_tokens - tokens_at_start) / max(time.monotonic() - started, 1e-9)
-                bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
-                                tok_s=f"{speed:,.0f}", lr=f"{state.lr:g}", refresh=False)
-            if deadline is not None and time.monotonic() >= deadline:
-                return hidden, state.batch == len(batches)
-    finally:
-        bar.close()
-    return hidden, True
-
-
-def _validation_loss(model: RNNLanguageModel, valid_ids: np.ndarray, eos_id: int, device: torch.device) -> float:
-    """Mean nll per token over the whole validation stream, exactly as `rnnlm eval --context stream` scores it."""
-    nll, _ = score_stream(model, torch.from_numpy(np.asarray(valid_ids, dtype=np.int64)), eos_id)
-    model.train()
-    return float(nll.sum(dtype=torch.float64)) / max(len(nll), 1)
-
-
-def _resume_state(state: _Progress, optimizer, hidden, device: torch.device) -> dict[str, Any]:
-    saved = asdict(state)
-    saved["optimizer"] = optimizer.state_dict()
-    saved["rng"] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        saved["rng"]["cuda"] = torch.cuda.get_rng_state(device)
-    if hidden is not None:
-        saved["hidden"] = [h.detach().cpu() for h in (hidden if isinstance(hidden, tuple) else (hidden,))]
-    return saved
-
-
-def _restore(path: Path, config: TrainConfig, dataset: Dataset, model: RNNLanguageModel, optimizer,
-             device: torch.device):
-    checkpoint = load_checkpoint(path, map_location=device)
-    saved = checkpoint.train.get("state")
-    if not saved:
-        raise CheckpointError(f"{path}: holds no resume state")
-    if checkpoint.tokenizer != dataset.tokenizer.to_dict():
-        raise CheckpointError(f"{path}: was trained with a different tokenizer than {dataset.directory}'s")
-    trained_on = checkpoint.data.get("splits", {}).get("train", {}).get("sha256")
-    if trained_on != dataset.split_info("train")["sha256"]:
-        raise CheckpointError(f"{path}: was trained on different text than {dataset.directory}'s train split")
-    stored = {**checkpoint.model_config.to_dict(), "optimizer": checkpoint.train["config"]["optimizer"]}
-    changed = [name for name in FIXED_ON_RESUME if stored[name] != getattr(config, name)]
-    if changed or stored["vocab_size"] != dataset.tokenizer.vocab_size:
-        raise CheckpointError(f"{path}: its settings differ from this run's ({', '.join(changed) or 'vocab_size'})")
-    model.load_state_dict(checkpoint.model_state)
-    optimizer.load_state_dict(saved["optimizer"])
-    state = _Progress(**{f.name: saved[f.name] for f in fields(_Progress) if f.name in saved})
-    if config.lr != checkpoint.train["config"]["lr"]:
-        state.lr = config.lr  # an explicit --lr on resume restarts the schedule from it
-    for group in optimizer.param_groups:
-        group["lr"] = state.lr
-    torch.set_rng_state(saved["rng"]["torch"].cpu())
-    if "cuda" in saved["rng"] and device.type == "cuda":
-        torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), device)
-    hidden = None
-    if saved.get("hidden"):
-        parts = tuple(h.to(device) for h in saved["hidden"])
-        hidden = parts if model.config.cell == "lstm" else parts[0]
-    return state, hidden
+def _describe(model: RNNLanguageModel) -> str:
+    config = model.config
+    return (f"a {config.layers} x {config.hidden_size} {config.cell}{' (tied)' if config.tie_weights else ''} "
+            f"with {model.parameter_count():,} parameters")
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, improved: bool, elapsed: float) -> str:
@@ -358,6 +415,7 @@ def _epoch_line(record: dict[str, Any], epochs: int, improved: bool, elapsed: fl
     mark = " *" if improved else ""
     return (
         f"epoch {record['epoch']}/{epochs}{partial} | train ppl {record['train_ppl']:.2f} | "
-        f"valid ppl {record['valid_ppl']:.2f}{mark} | lr {record['lr']:g} | "
-        f"{record['tokens_per_second']:,.0f} tok/s | {minutes}m{seconds:02d}s"
+        f"valid ppl {record['valid_ppl']:.2f}{mark} | lr {record['lr']:.4g} | "
+        f"clipped {100 * record['clipped_fraction']:.0f}% | {record['tokens_per_second']:,.0f} tok/s | "
+        f"{minutes}m{seconds:02d}s"
     )

@@ -109,3 +109,97 @@ def test_train_usage_errors(cli, word_dataset, word_model, tmp_path):
     assert "nothing to resume" in result.stderr
     result = cli("train", tmp_path / "no-such-dir", "--out", tmp_path / "m.pt", expect=1)
     assert "no such dataset directory" in result.stderr
+
+
+def test_presets_apply_and_explicit_options_win(cli, word_dataset, tmp_path):
+    summary = cli.json("train", word_dataset, "--out", tmp_path / "p.pt", "--preset", "small", "--epochs", "1",
+                       "--hidden-size", "16", "--emb-size", "16", "-q")
+    info = cli.json("info", tmp_path / "p.pt")
+    settings = info["train_config"]
+    assert settings["preset"] == "small"
+    assert (settings["bptt"], settings["lr"], settings["clip"], settings["schedule"]) == (20, 20.0, 0.25, "epoch")
+    assert (settings["decay_start"], settings["lr_decay"], settings["patience"]) == (4, 2.0, 0)
+    assert settings["hidden_size"] == info["model_config"]["hidden_size"] == 16  # the explicit option won
+    assert settings["epochs"] == 1 and summary["epochs"] == 1
+    assert "preset small" in cli("train", word_dataset, "--out", tmp_path / "q.pt", "--preset", "small-tied",
+                                 "--epochs", "1", "--hidden-size", "16", "--emb-size", "16").stderr
+    assert cli.json("info", tmp_path / "q.pt")["model_config"]["tie_weights"] is True
+    assert "'huge' is not one of" in cli("train", word_dataset, "--out", tmp_path / "r.pt", "--preset", "huge",
+                                           expect=2).stderr.replace("\n", " ")
+
+
+def test_precision_selection(cli, word_dataset, tmp_path, monkeypatch):
+    from rnnlm_cli import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    assert runtime.resolve_precision("bf16", cpu) == "bf16" and runtime.resolve_precision("fp32", cpu) == "fp32"
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        runs[precision] = cli.json("train", word_dataset, "--out", tmp_path / f"{precision}.pt", *TINY_MODEL,
+                                   "--epochs", "2", "--precision", precision, "-q")
+        assert runs[precision]["precision"] == precision
+    fp32, bf16 = runs["fp32"]["best_valid_ppl"], runs["bf16"]["best_valid_ppl"]
+    assert bf16 == pytest.approx(fp32, rel=0.15) and bf16 != fp32  # the same run, in another precision
+    monkeypatch.undo()
+    auto = cli.json("train", word_dataset, "--out", tmp_path / "auto.pt", *TINY_MODEL, "--epochs", "1", "-q")
+    assert auto["precision"] == ("bf16" if runtime.cpu_has_native_bf16() else "fp32")
+
+
+def test_epoch_schedule_follows_zaremba(cli, word_dataset, tmp_path):
+    summary = cli.json("train", word_dataset, "--out", tmp_path / "m.pt", *TINY_MODEL, "--epochs", "5",
+                       "--schedule", "epoch", "--decay-start", "2", "--lr-decay", "2", "--lr", "8", "-q")
+    assert [record["lr"] for record in summary["history"]] == [8, 8, 4, 2, 1]
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    from rnnlm_cli.config import TrainConfig
+    from rnnlm_cli.train import _cosine_lr
+
+    config = TrainConfig(dataset="d", out="o", optimizer="adam", lr=0.01, schedule="cosine", warmup_steps=10)
+    rates = [_cosine_lr(config, step, 110) for step in range(110)]
+    assert rates[0] == pytest.approx(0.001) and rates[9] == pytest.approx(0.01)
+    assert all(a <= b for a, b in zip(rates[:10], rates[1:10]))
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert rates[60] == pytest.approx(0.005) and rates[-1] < 1e-5
+
+
+def test_cosine_run_ends_near_zero(cli, word_dataset, tmp_path):
+    summary = cli.json("train", word_dataset, "--out", tmp_path / "m.pt", *TINY_MODEL, "--epochs", "3",
+                       "--optimizer", "adamw", "--lr", "0.01", "--weight-decay", "0.01", "--schedule", "cosine",
+                       "--warmup-steps", "5", "-q")
+    rates = [record["lr"] for record in summary["history"]]
+    assert rates[0] > rates[1] > rates[2] and rates[2] < 0.01 * 0.2
+    assert summary["best_valid_ppl"] < Dataset(word_dataset).tokenizer.vocab_size / 2  # untrained: ~ vocab size
+
+
+def test_metrics_file_and_regularisers(cli, word_dataset, tmp_path):
+    result = cli("train", word_dataset, "--out", tmp_path / "m.pt", *TINY_MODEL, "--epochs", "2", "--variational",
+                 "--dropout-input", "0.1", "--dropout-hidden", "0.2", "--dropout-output", "0.3", "--word-dropout",
+                 "0.1", "--json")
+    summary = json.loads(result.stdout)
+    lines = (tmp_path / "m.metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert summary["metrics"] == str(tmp_path / "m.metrics.jsonl")
+    assert records == summary["history"] and len(records) == 2
+    assert {"epoch", "train_ppl", "valid_ppl", "lr", "clipped_fraction", "tokens_per_second"} <= set(records[0])
+    assert "clipped" in result.stderr
+    config = cli.json("info", tmp_path / "m.pt")["model_config"]
+    assert (config["variational"], config["dropout_input"], config["dropout_hidden"], config["dropout_output"],
+            config["word_dropout"]) == (True, 0.1, 0.2, 0.3, 0.1)
+
+
+def test_info_draws_the_curve(cli, word_model, tmp_path):
+    result = cli("info", word_model)
+    assert "training curve" in result.stdout and "━" in result.stdout
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        result = cli("info", word_model, "--plot", tmp_path / "curve.png", expect=1)
+        assert "pip install 'rnnlm-cli[plot]'" in result.stderr
+    else:
+        cli("info", word_model, "--plot", tmp_path / "curve.svg")
+        assert (tmp_path / "curve.svg").read_text().lstrip().startswith("<?xml")

@@ -1,29 +1,50 @@
 from __future__ import annotations
 
+import math
+from typing import Annotated, Optional
+
+import typer
+
 from rnnlm_cli.cli import output
 from rnnlm_cli.cli.options import CheckpointArg, JsonOpt
 
 NAME = "info"
+BAR_WIDTH = 30
 
 
-def command(checkpoint: CheckpointArg, json_output: JsonOpt = False) -> None:
-    """Describe a checkpoint: model, parameters, tokenizer, training data and progress.
+def command(
+    checkpoint: CheckpointArg,
+    plot: Annotated[Optional[str], typer.Option(
+        metavar="FILE", show_default=False,
+        help="Also draw the training curve into FILE (.png, .svg or .pdf; needs the `plot` extra, matplotlib).")
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Describe a checkpoint: model, parameters, tokenizer, training data, settings and training curve.
 
     Example:
 
         rnnlm info ptb.pt
+
+        rnnlm info ptb.pt --plot curve.svg
 
         rnnlm info ptb.pt --json | jq .best_valid_ppl
     """
     from rnnlm_cli.checkpoint import checkpoint_info
 
     info = checkpoint_info(checkpoint)
+    if plot is not None:
+        from rnnlm_cli.plot import plot_history
+
+        plot_history(info.history, plot, title=str(checkpoint))
     if json_output:
         output.print_json(info.to_dict())
         return
     console = output.stdout()
     for table in _tables(info):
         console.print(table)
+    if plot is not None:
+        output.stderr().print(f"training curve -> {plot}")
 
 
 def _tables(info):
@@ -64,12 +85,28 @@ def _tables(info):
                           fingerprint["sha256"])
         yield table
     if info.history:
-        table = Table(title="history", title_justify="left")
-        for column in ("epoch", "train ppl", "valid ppl", "lr", "seconds", "tokens/s"):
-            table.add_column(column, justify="right")
-        for record in info.history:
-            epoch = f"{record['epoch']}{'' if record.get('complete', True) else ' (partial)'}"
-            table.add_row(epoch, output.number(record["train_ppl"]), output.number(record["valid_ppl"]),
-                          f"{record['lr']:g}", output.number(record["seconds"], 1),
-                          output.number(record["tokens_per_second"], 0))
-        yield table
+        yield _curve(info.history)
+
+
+def _curve(history):
+    """The training curve as a table: one row per validation, with bars on a log scale."""
+    from rich.table import Table
+
+    values = [record[key] for record in history for key in ("train_ppl", "valid_ppl")]
+    low, high = math.log(min(values)), math.log(max(values))
+
+    def bar(ppl: float, style: str) -> str:
+        filled = 1 + round((BAR_WIDTH - 1) * (math.log(ppl) - low) / (high - low)) if high > low else BAR_WIDTH
+        return f"[{style}]{'━' * filled}[/]"
+
+    table = Table(title="training curve (bars: perplexity, log scale; blue train, green validation)",
+                  title_justify="left")
+    for column in ("epoch", "train ppl", "valid ppl", "", "lr", "clipped", "seconds", "tokens/s"):
+        table.add_column(column, justify="left" if column == "" else "right")
+    for record in history:
+        epoch = f"{record['epoch']}{'' if record.get('complete', True) else ' (partial)'}"
+        table.add_row(epoch, output.number(record["train_ppl"]), output.number(record["valid_ppl"]),
+                      bar(record["train_ppl"], "blue") + "\n" + bar(record["valid_ppl"], "green"),
+                      f"{record['lr']:.4g}", f"{100 * record.get('clipped_fraction', 0):.0f}%",
+                      output.number(record["seconds"], 1), output.number(record["tokens_per_second"], 0))
+    return table

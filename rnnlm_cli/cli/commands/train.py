@@ -6,37 +6,57 @@ from typing import Annotated, Any, Optional
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import Cell, Device, JsonOpt, Optimizer, QuietOpt
-from rnnlm_cli.config import TrainConfig
+from rnnlm_cli.cli.options import Cell, Device, JsonOpt, Optimizer, QuietOpt, choices
+from rnnlm_cli.config import PRESET_SOURCES, PRESETS, SCHEDULES, TRAIN_PRECISIONS, TrainConfig
 from rnnlm_cli.errors import ConfigError
 
 NAME = "train"
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+Preset = choices("Preset", tuple(PRESETS))
+Schedule = choices("Schedule", SCHEDULES)
+Precision = choices("Precision", TRAIN_PRECISIONS)
+_PRESET_HELP = "; ".join(f"{name}: {source}" for name, source in PRESET_SOURCES.items())
 
 
 def _option(name: str, help: str, *flags: str, default: Any = None, **kwargs: Any) -> Any:
-    """An option whose unset value is None (so --resume can tell what was given); its help shows the real default."""
+    """An option that is None when not given (presets and --resume need to know); its help shows the default."""
     shown = _DEFAULTS[name] if default is None else default
     return typer.Option(*flags, help=f"{help} [default: {shown}]", show_default=False, **kwargs)
 
 
 def command(
     dataset: Annotated[str, typer.Argument(metavar="DIR", help="Dataset directory written by `rnnlm tokenize`.",
-                                                show_default=False)],
+                                           show_default=False)],
     out: Annotated[Optional[str], typer.Option(
         "--out", "-o", show_default=False,
         help="Checkpoint to write; it always holds the best-validation model. The latest state, for --resume, "
-             "goes beside it as NAME.last.pt. Required unless --resume is given.")] = None,
+             "goes beside it as NAME.last.pt, and one JSON line per validation to NAME.metrics.jsonl. "
+             "Required unless --resume is given.")] = None,
     resume: Annotated[Optional[str], typer.Option(
         metavar="CKPT", show_default=False,
         help="Continue the run whose checkpoint is CKPT from its latest state (same dataset). "
              "Options given now override the run's, except the model's shape and the optimizer.")] = None,
+    preset: Annotated[Optional[Preset], typer.Option(
+        show_default=False, help=f"Start from a published recipe; explicit options override it. {_PRESET_HELP}.")
+    ] = None,
     cell: Annotated[Optional[Cell], _option("cell", "Recurrent cell.")] = None,
     layers: Annotated[Optional[int], _option("layers", "Recurrent layers.", min=1)] = None,
     emb_size: Annotated[Optional[int], _option("emb_size", "Embedding size.", min=1)] = None,
     hidden_size: Annotated[Optional[int], _option("hidden_size", "Hidden units per layer.", min=1)] = None,
     dropout: Annotated[Optional[float], _option(
         "dropout", "Dropout on embeddings, between layers and on outputs.", min=0.0, max=0.99)] = None,
+    dropout_input: Annotated[Optional[float], _option(
+        "dropout_input", "Dropout on the embeddings only.", default="--dropout", min=0.0, max=0.99)] = None,
+    dropout_hidden: Annotated[Optional[float], _option(
+        "dropout_hidden", "Dropout between recurrent layers only.", default="--dropout", min=0.0, max=0.99)] = None,
+    dropout_output: Annotated[Optional[float], _option(
+        "dropout_output", "Dropout on the top layer's output only.", default="--dropout", min=0.0, max=0.99)] = None,
+    variational: Annotated[Optional[bool], _option(
+        "variational", "Variational (locked) dropout: one mask per sequence, shared across time steps.",
+        "--variational/--no-variational", default="no")] = None,
+    word_dropout: Annotated[Optional[float], _option(
+        "word_dropout", "Drop whole words: each batch zeroes this share of the embedding matrix's rows.",
+        min=0.0, max=0.99)] = None,
     tie_weights: Annotated[Optional[bool], _option(
         "tie_weights", "Share the input embedding and output matrices (needs --emb-size = --hidden-size).",
         "--tie-weights/--no-tie-weights", default="no")] = None,
@@ -44,14 +64,26 @@ def command(
     batch_size: Annotated[Optional[int], _option("batch_size", "Parallel streams per batch.", min=1)] = None,
     optimizer: Annotated[Optional[Optimizer], _option("optimizer", "Optimizer.")] = None,
     lr: Annotated[Optional[float], _option("lr", "Learning rate.", default="20 for sgd, 0.001 for adam")] = None,
+    weight_decay: Annotated[Optional[float], _option(
+        "weight_decay", "L2 penalty (sgd, adam) or decoupled weight decay (adamw).", min=0.0)] = None,
     clip: Annotated[Optional[float], _option("clip", "Clip the global gradient norm to this; 0 turns it off.",
                                              min=0.0)] = None,
     epochs: Annotated[Optional[int], _option("epochs", "Epochs to train (in total, when resuming).", min=1)] = None,
+    schedule: Annotated[Optional[Schedule], _option(
+        "schedule", "Learning-rate schedule. plateau: divide by --lr-decay after an epoch without improvement; "
+                    "epoch: divide by --lr-decay every epoch after --decay-start; cosine: --warmup-steps of "
+                    "linear warm-up, then a cosine to 0 (good with adam).")] = None,
     lr_decay: Annotated[Optional[float], _option(
-        "lr_decay", "Divide the learning rate by this when validation stops improving; 1 keeps it.", min=1.0)] = None,
+        "lr_decay", "Divisor of the plateau and epoch schedules; 1 keeps the rate.", min=1.0)] = None,
+    decay_start: Annotated[Optional[int], _option(
+        "decay_start", "Epoch schedule: epochs at the full rate before decaying.", min=0)] = None,
+    warmup_steps: Annotated[Optional[int], _option("warmup_steps", "Cosine schedule: warm-up steps.", min=0)] = None,
     patience: Annotated[Optional[int], _option(
         "patience", "Stop after this many epochs without a better validation loss; 0 never stops early.",
         min=0)] = None,
+    precision: Annotated[Optional[Precision], _option(
+        "precision", "auto: bf16 autocast on CUDA and on CPUs with AMX or AVX-512 BF16, else fp32. Weights "
+                     "and the loss stay fp32 either way.")] = None,
     seed: Annotated[Optional[int], _option("seed", "Random seed; the same seed on CPU gives the same model.")] = None,
     device: Annotated[Optional[Device], _option("device", "Where to train: auto picks CUDA when present.")] = None,
     max_time: Annotated[Optional[float], _option(
@@ -64,26 +96,34 @@ def command(
 
     Embedding -> RNN / LSTM / GRU layers -> Affine -> Softmax, trained with truncated BPTT and
     gradient clipping. Validates after every epoch on the valid split (or on a held-out tail of
-    train), divides the learning rate when validation stops improving and stops early after
-    --patience bad epochs. A progress bar shows loss, ppl and tokens/s; one line per epoch follows.
+    train), follows a learning-rate schedule and stops early after --patience bad epochs. A
+    progress bar shows loss, ppl and tokens/s; one line per epoch follows. With --preset, the
+    preset's values replace the defaults shown here; explicit options still win.
 
     Example:
 
-        rnnlm train data/ptb --out ptb.pt --cell lstm --layers 2 --hidden-size 200 --epochs 13
+        rnnlm train data/ptb --out small.pt --preset small
 
-        rnnlm train data/ptb --resume ptb.pt --epochs 20
+        rnnlm train data/ptb --out ptb.pt --cell gru --hidden-size 400 --optimizer adam --schedule cosine
+
+        rnnlm train data/ptb --resume small.pt --epochs 20
     """
     from rnnlm_cli.train import best_checkpoint_path, config_for_resume, train
 
     output.setup_logging(quiet)
     given = {
         "cell": cell, "layers": layers, "emb_size": emb_size, "hidden_size": hidden_size, "dropout": dropout,
-        "tie_weights": tie_weights, "bptt": bptt, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
-        "clip": clip, "epochs": epochs, "lr_decay": lr_decay, "patience": patience, "seed": seed,
+        "dropout_input": dropout_input, "dropout_hidden": dropout_hidden, "dropout_output": dropout_output,
+        "variational": variational, "word_dropout": word_dropout, "tie_weights": tie_weights, "bptt": bptt,
+        "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "clip": clip,
+        "epochs": epochs, "schedule": schedule, "lr_decay": lr_decay, "decay_start": decay_start,
+        "warmup_steps": warmup_steps, "patience": patience, "precision": precision, "seed": seed,
         "device": device, "max_time": max_time,
     }
     overrides = {key: getattr(value, "value", value) for key, value in given.items() if value is not None}
     if resume is not None:
+        if preset is not None:
+            raise ConfigError("--preset starts a new run; a resumed run keeps its own settings")
         best = str(best_checkpoint_path(resume))
         if out is not None and out != best:
             raise ConfigError(f"a resumed run keeps writing {best}; leave --out out")
@@ -91,12 +131,12 @@ def command(
     elif out is None:
         raise ConfigError("--out is required (or --resume CKPT to continue a run)")
     else:
-        config = TrainConfig(dataset=dataset, out=out, **overrides)
+        config = TrainConfig.from_preset(preset.value if preset else None, dataset=dataset, out=out, **overrides)
     result = train(config, resume=resume, progress=not quiet)
     if json_output:
         output.print_json(result.to_dict())
     elif not quiet:
         output.stderr().print(
             f"best valid ppl {output.number(result.best_valid_ppl)} (epoch {result.best_epoch}) "
-            f"-> {result.checkpoint}; latest state -> {result.last_checkpoint}"
+            f"-> {result.checkpoint}; latest state -> {result.last_checkpoint}; metrics -> {result.metrics}"
         )

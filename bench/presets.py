@@ -1,0 +1,73 @@
+"""Train a preset on PTB to the end and measure it: wall-clock time, validation curve, test perplexity.
+
+    python bench/presets.py small                   # writes the "preset-small-auto" section of docs/benchmarks.md
+    python bench/presets.py small --precision fp32  # the same recipe in fp32, for the bf16 comparison
+    python bench/presets.py medium --max-hours 5    # stops cleanly at the budget and reports what it reached
+
+Runs `rnnlm train DATA --preset NAME --out checkpoints/ptb-NAME-PRECISION.pt` as one process, then
+`rnnlm eval` on the test split with the stream context (the protocol behind the published numbers).
+Wall-clock time is the whole training process, validation and checkpointing included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm  # noqa: E402
+
+from rnnlm_cli.config import PRESET_SOURCES, PRESETS  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset", choices=sorted(PRESETS))
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "ptb")
+    parser.add_argument("--max-hours", type=float, default=None, help="stop training after this long")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (a dry run)")
+    args = parser.parse_args()
+
+    out_dir = ROOT / "checkpoints"
+    data_dir = out_dir / "ptb-data"
+    if not (data_dir / "meta.json").exists():
+        run_rnnlm("tokenize", args.data / "train.txt", "--valid", args.data / "valid.txt", "--test",
+                  args.data / "test.txt", "--out", data_dir, "-q")
+    checkpoint = out_dir / f"ptb-{args.preset}-{args.precision}.pt"
+    options = ["--preset", args.preset, "--precision", args.precision, "--out", checkpoint, "--json", "-q"]
+    if args.max_hours:
+        options += ["--max-time", args.max_hours * 3600]
+    if args.epochs:
+        options += ["--epochs", args.epochs]
+    seconds, stdout = run_rnnlm("train", data_dir, *options)
+    result = json.loads(stdout)
+    _, stdout = run_rnnlm("eval", checkpoint, args.data / "test.txt", "--json", "-q")
+    test = json.loads(stdout)["total"]
+
+    rows = ["| epoch | lr | train ppl | valid ppl | clipped | tokens/s | elapsed (min) |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]
+    for record in result["history"]:
+        epoch = f"{record['epoch']}{'' if record['complete'] else ' (partial)'}"
+        rows.append(f"| {epoch} | {record['lr']:.4g} | {record['train_ppl']:.2f} | {record['valid_ppl']:.2f} | "
+                    f"{100 * record['clipped_fraction']:.0f}% | {record['tokens_per_second']:,.0f} | "
+                    f"{record['elapsed_seconds'] / 60:.1f} |")
+    body = "\n\n".join([
+        f"## Preset `{args.preset}`, precision {args.precision} ({result['precision']}) (`bench/presets.py`)",
+        f"Recipe: {PRESET_SOURCES[args.preset]}. Machine: {machine()}. Command: "
+        f"`python bench/presets.py {args.preset} --precision {args.precision}"
+        f"{f' --max-hours {args.max_hours:g}' if args.max_hours else ''}"
+        f"{f' --epochs {args.epochs}' if args.epochs else ''}`.",
+        f"**PTB test ppl {test['ppl']:.2f}** (`rnnlm eval`, stream context; {test['tokens']:,} tokens) after "
+        f"{result['epochs']} epochs ({result['stop_reason']}); best validation ppl {result['best_valid_ppl']:.2f} "
+        f"at epoch {result['best_epoch']}; training took **{seconds / 60:.1f} minutes** of wall-clock time "
+        "(the whole process).",
+        "\n".join(rows),
+    ])
+    publish(f"preset-{args.preset}-{args.precision}", body, dry_run=bool(args.epochs))
+
+
+if __name__ == "__main__":
+    main()

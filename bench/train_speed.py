@@ -1,0 +1,151 @@
+"""Training throughput on PTB: `rnnlm train` against a plain PyTorch fp32 loop, in one run.
+
+    python bench/train_speed.py             # small and medium, writes the "train-speed" section of docs/benchmarks.md
+    python bench/train_speed.py --quick     # small only, 20 s per run; prints, writes nothing
+
+For each architecture (the small and medium presets: 2x200 LSTM with bptt 20, 2x650 LSTM with
+bptt 35 and dropout 0.5; batch 20) the script alternates two kinds of run, twice each:
+
+- plain loop: the training loop a user writes from the PyTorch word_language_model example
+  (sequence-first nn.LSTM, nn.Dropout, mean cross-entropy, clip_grad_norm_, SGD), fp32, timed in
+  this process over the PTB training stream;
+- rnnlm: the whole `rnnlm train DIR --preset NAME --max-time S` process, timed from start to exit:
+  start-up, data loading, the validation pass at the stop and checkpoint writing all count, while
+  only training tokens count in the numerator.
+
+Reported: mean tokens/s of each, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED_DATA, machine, publish, run_rnnlm  # noqa: E402
+
+from rnnlm_cli.config import PRESETS, TokenizeConfig  # noqa: E402
+from rnnlm_cli.data import Dataset, tokenize_corpus  # noqa: E402
+
+
+class ExampleModel(nn.Module):
+    """pytorch/examples word_language_model's RNNModel (LSTM, untied)."""
+
+    def __init__(self, vocab: int, size: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(vocab, size)
+        self.rnn = nn.LSTM(size, size, layers, dropout=dropout)
+        self.decoder = nn.Linear(size, vocab)
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def forward(self, x, hidden):
+        output, hidden = self.rnn(self.drop(self.encoder(x)), hidden)
+        return self.decoder(self.drop(output)), hidden
+
+
+def plain_loop(ids: np.ndarray, preset: dict, vocab: int, seconds: float) -> float:
+    """Tokens per second of the example's training loop, run for about ``seconds``."""
+    torch.manual_seed(0)
+    batch, bptt = preset["batch_size"], preset["bptt"]
+    data = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+    columns = data.size(0) // batch
+    data = data[: columns * batch].view(batch, -1).t().contiguous()  # (N, B), as batchify() does
+    model = ExampleModel(vocab, preset["hidden_size"], preset["layers"], preset["dropout"])
+    model.train()
+    lr, clip = preset["lr"], preset["clip"]
+    hidden = None
+    tokens, start = 0, time.perf_counter()
+    for i in range(0, data.size(0) - 1, bptt):
+        length = min(bptt, data.size(0) - 1 - i)
+        inputs, targets = data[i : i + length], data[i + 1 : i + 1 + length].reshape(-1)
+        if hidden is not None:
+            hidden = tuple(h.detach() for h in hidden)
+        model.zero_grad()
+        output, hidden = model(inputs, hidden)
+        loss = F.cross_entropy(output.view(-1, vocab), targets)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        for parameter in model.parameters():
+            parameter.data.add_(parameter.grad, alpha=-lr)
+        loss.item()
+        tokens += targets.numel()
+        if time.perf_counter() - start >= seconds:
+            break
+    return tokens / (time.perf_counter() - start)
+
+
+def rnnlm_run(data_dir: Path, preset: str, seconds: float, precision: str, work: Path) -> tuple[float, float]:
+    """(tokens/s of the whole process, tokens/s inside the epoch) for `rnnlm train --max-time`."""
+    elapsed, stdout = run_rnnlm("train", data_dir, "--out", work / f"{preset}.pt", "--preset", preset,
+                                "--max-time", seconds, "--precision", precision, "--json", "-q")
+    result = json.loads(stdout)
+    settings = PRESETS[preset]
+    tokens = result["steps"] * settings["batch_size"] * settings["bptt"]
+    return tokens / elapsed, result["history"][-1]["tokens_per_second"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "ptb")
+    parser.add_argument("--quick", action="store_true", help="small only, 20 s runs; print only")
+    parser.add_argument("--seconds", type=float, default=None, help="length of each run")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="rnnlm-bench-"))
+    data_dir = work / "ptb"
+    tokenize_corpus(TokenizeConfig(train=str(args.data / "train.txt"), valid=str(args.data / "valid.txt"),
+                                   out=str(data_dir)))
+    dataset = Dataset(data_dir)
+    ids, vocab = dataset.ids("train"), dataset.tokenizer.vocab_size
+    presets = ["small"] if args.quick else ["small", "medium"]
+    budgets = {preset: args.seconds or (20 if args.quick else {"small": 90, "medium": 180}[preset])
+               for preset in presets}
+
+    rows = []
+    for preset in presets:
+        budget = budgets[preset]
+        plain, ours, ours_epoch, ours_fp32 = [], [], [], []
+        for _ in range(2):  # alternate, so that drifts in machine speed hit both sides
+            plain.append(plain_loop(ids, PRESETS[preset], vocab, budget))
+            whole, epoch = rnnlm_run(data_dir, preset, budget, "auto", work)
+            ours.append(whole)
+            ours_epoch.append(epoch)
+        ours_fp32.append(rnnlm_run(data_dir, preset, budget, "fp32", work)[0])
+        settings = PRESETS[preset]
+        row = (preset, f"2 x {settings['hidden_size']}, bptt {settings['bptt']}, batch {settings['batch_size']}",
+               statistics.mean(plain), statistics.mean(ours), statistics.mean(ours_epoch), ours_fp32[0])
+        rows.append(row)
+        print(row, flush=True)
+
+    table = ["| preset | model | plain fp32 loop tok/s | rnnlm train tok/s (whole process) | ratio | "
+             "rnnlm tok/s inside the epoch | rnnlm --precision fp32 (whole process) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for preset, model, plain, ours, ours_epoch, ours_fp32 in rows:
+        table.append(f"| {preset} | {model} | {plain:,.0f} | {ours:,.0f} | {ours / plain:.2f}x | "
+                     f"{ours_epoch:,.0f} | {ours_fp32:,.0f} ({ours_fp32 / plain:.2f}x) |")
+    body = "\n\n".join([
+        "## Training speed (`bench/train_speed.py`)",
+        f"Machine: {machine()}. Command: `python bench/train_speed.py`. Each rnnlm run is a whole "
+        f"`rnnlm train --preset NAME --max-time S` process (S = "
+        f"{', '.join(f'{preset}: {budget:g} s' for preset, budget in budgets.items())}); "
+        "the plain loop runs equally long; two runs of each, alternated, averaged.",
+        "\n".join(table),
+    ])
+    publish("train-speed", body, dry_run=args.quick)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The model's training paths: the CPU LSTM kernel and the dropout variants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnlm_cli import model as model_module
+from rnnlm_cli.lstm_cpu import lstm_layer
+from rnnlm_cli.model import ModelConfig, RNNLanguageModel
+
+
+def test_lstm_kernel_matches_nn_lstm_forward_and_backward():
+    torch.manual_seed(0)
+    steps, batch, inputs, hidden = 7, 3, 5, 6
+    reference = torch.nn.LSTM(inputs, hidden, 1)
+    x = torch.randn(steps, batch, inputs, requires_grad=True)
+    h0, c0 = torch.randn(batch, hidden, requires_grad=True), torch.randn(batch, hidden, requires_grad=True)
+
+    out, (h, c) = reference(x, (h0[None], c0[None]))
+    ((out**2).sum() + (h * 3).sum() + c.sum()).backward()
+    expected = [t.grad.clone() for t in (x, h0, c0, *reference.parameters())]
+    for tensor in (x, h0, c0, *reference.parameters()):
+        tensor.grad = None
+
+    out2, h2, c2 = lstm_layer(x, h0, c0, *reference.parameters())
+    ((out2**2).sum() + (h2 * 3).sum() + c2.sum()).backward()
+    assert torch.allclose(out2, out, atol=1e-6) and torch.allclose(h2, h[0], atol=1e-6)
+    got = [t.grad for t in (x, h0, c0, *reference.parameters())]
+    for name, a, b in zip(["x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"], got, expected):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_lstm_kernel_in_bf16_stays_close():
+    torch.manual_seed(1)
+    reference = torch.nn.LSTM(16, 16, 1)
+    x = torch.randn(10, 4, 16)
+    zeros = torch.zeros(4, 16)
+    exact, _, _ = lstm_layer(x, zeros, zeros, *reference.parameters())
+    low, _, _ = lstm_layer(x, zeros, zeros, *reference.parameters(), dtype=torch.bfloat16)
+    assert low.dtype == torch.float32
+    assert (low - exact).abs().max() < 2e-2
+
+
+@pytest.mark.parametrize("cell,kernel", [("lstm", True), ("lstm", False), ("gru", False), ("rnn_tanh", False)])
+@pytest.mark.parametrize("variational", [False, True])
+def test_training_path_without_dropout_equals_inference(monkeypatch, cell, kernel, variational):
+    monkeypatch.setattr(model_module, "CPU_LSTM_KERNEL_MIN_HIDDEN", 0 if kernel else 10**9)
+    torch.manual_seed(2)
+    model = RNNLanguageModel(ModelConfig(50, cell=cell, emb_size=8, hidden_size=8, layers=3, dropout=0.0,
+                                         variational=variational))
+    ids = torch.randint(0, 50, (4, 9))
+    hidden = model.init_hidden(4)
+    model.eval()
+    expected, expected_hidden = model(ids, hidden)
+    model.train()
+    got, got_hidden = model(ids, hidden)
+    assert torch.allclose(got, expected, atol=1e-5)
+    for a, b in zip(got_hidden if isinstance(got_hidden, tuple) else [got_hidden],
+                    expected_hidden if isinstance(expected_hidden, tuple) else [expected_hidden]):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_variational_dropout_shares_one_mask_across_time():
+    torch.manual_seed(3)
+    model = RNNLanguageModel(ModelConfig(10, emb_size=6, hidden_size=6, layers=1, dropout=0.5, variational=True))
+    model.train()
+    x = torch.ones(25, 4, 6)  # (T, B, F)
+    dropped = model._dropout(x, 0.5)
+    assert torch.equal(dropped, dropped[:1].expand_as(dropped))  # the same mask at every step
+    assert set(dropped.unique().tolist()) == {0.0, 2.0}
+    plain = RNNLanguageModel(ModelConfig(10, emb_size=6, hidden_size=6, layers=1, dropout=0.5))
+    plain.train()
+    assert not torch.equal(*plain._dropout(x, 0.5)[:2])  # standard dropout: a new mask per step
+
+
+def test_word_dropout_removes_whole_words():
+    torch.manual_seed(4)
+    model = RNNLanguageModel(ModelConfig(20, emb_size=5, hidden_size=5, layers=1, dropout=0.0, word_dropout=0.5))
+    model.train()
+    ids = torch.arange(20).repeat(3, 1).t()  # (T=20, B=3): every word in every column
+    embedded = model._embed(ids)
+    dropped_rows = (embedded == 0).all(dim=-1)  # (T, B)
+    assert dropped_rows.any() and not dropped_rows.all()
+    assert torch.equal(dropped_rows[:, 0], dropped_rows[:, 1])  # a dropped word is dropped everywhere
+    kept = ~dropped_rows[:, 0]
+    assert torch.allclose(embedded[kept, 0], 2 * model.embedding.weight[kept])
+    model.eval()
+    assert torch.equal(model._embed(ids), model.embedding(ids))
+
+
+def test_tied_weights_with_different_sizes_are_refused():
+    from rnnlm_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--tie-weights needs --emb-size equal to --hidden-size"):
+        ModelConfig(10, emb_size=4, hidden_size=8, tie_weights=True)

@@ -24,7 +24,9 @@ from rnnlm_cli.model import ModelConfig, RNNLanguageModel
 from rnnlm_cli.tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT = "rnnlm-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# 1 -> 2: model_config gained dropout_input, dropout_hidden, dropout_output, variational and
+# word_dropout (training-only, with defaults); train gained precision.
 
 
 @dataclass
@@ -153,6 +155,8 @@ def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
             f"{path}: checkpoint format version {version} is newer than this rnnlm reads ({FORMAT_VERSION}); "
             "upgrade rnnlm"
         )
+    if version == 1:  # the new model settings take their defaults, which are version 1's behaviour
+        raw = {**raw, "format_version": 2}
     return raw
 
 

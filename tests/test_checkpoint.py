@@ -120,3 +120,15 @@ def test_a_checkpoint_trained_on_gpu_samples_on_cpu(cli, word_dataset, tmp_path)
     result = cli("sample", tmp_path / "gpu.pt", "--device", "cpu", "-n", "2")
     assert len(result.stdout.splitlines()) == 2
     assert cli.json("eval", tmp_path / "gpu.pt", "-", "--device", "cpu", input="Tom said hi .\n")["total"]["ppl"] > 1
+
+
+def test_version_1_checkpoints_still_load(cli, word_model, corpus, tmp_path):
+    raw = torch.load(word_model, weights_only=True)
+    old = {**raw, "format_version": 1, "model_config": {
+        key: raw["model_config"][key]
+        for key in ("vocab_size", "cell", "emb_size", "hidden_size", "layers", "dropout", "tie_weights", "init_range")
+    }}
+    torch.save(old, tmp_path / "v1.pt")
+    assert cli.json("eval", tmp_path / "v1.pt", corpus["test"])["total"] == \
+        cli.json("eval", word_model, corpus["test"])["total"]
+    assert cli.json("info", tmp_path / "v1.pt")["format_version"] == FORMAT_VERSION == 2

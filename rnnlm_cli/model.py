@@ -21,8 +21,10 @@ from rnnlm_cli.lstm_cpu import lstm_layer
 
 # LSTM state is (h, c); the other cells carry h alone. Each is (layers, batch, hidden_size).
 Hidden = Union[Tensor, tuple[Tensor, Tensor]]
-# From this width on, lstm_cpu trains faster on CPUs than oneDNN's fused LSTM; below it, oneDNN
-# wins (measured per layer, forward + backward: 200 units 13.7 vs 6.0 ms, 650 units 80 vs 86 ms).
+# In bf16 and from this width on, lstm_cpu trains faster on CPUs than oneDNN's fused LSTM. Measured
+# per layer, forward + backward, batch 20: 650 units x 35 steps: lstm_cpu bf16 80 ms, oneDNN fp32
+# 86 ms, oneDNN bf16 107 ms (lstm_cpu fp32 208 ms); 200 units x 20 steps: lstm_cpu bf16 13.7 ms,
+# oneDNN bf16 6.0 ms, oneDNN fp32 7.3 ms.
 CPU_LSTM_KERNEL_MIN_HIDDEN = 512
 
 
@@ -147,7 +149,8 @@ class RNNLanguageModel(nn.Module):
 
     def _cpu_lstm_kernel(self, x: Tensor) -> bool:
         config = self.config
-        return config.cell == "lstm" and x.device.type == "cpu" and config.hidden_size >= CPU_LSTM_KERNEL_MIN_HIDDEN
+        return (config.cell == "lstm" and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                and config.hidden_size >= CPU_LSTM_KERNEL_MIN_HIDDEN)
 
     def _fused_in_training(self, x: Tensor) -> bool:
         """cuDNN / oneDNN run all layers in one call, with standard (not variational) dropout between them."""

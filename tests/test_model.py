@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnlm_cli import model as model_module
 from rnnlm_cli.lstm_cpu import lstm_layer
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel
 
@@ -45,7 +44,8 @@ def test_lstm_kernel_in_bf16_stays_close():
 @pytest.mark.parametrize("cell,kernel", [("lstm", True), ("lstm", False), ("gru", False), ("rnn_tanh", False)])
 @pytest.mark.parametrize("variational", [False, True])
 def test_training_path_without_dropout_equals_inference(monkeypatch, cell, kernel, variational):
-    monkeypatch.setattr(model_module, "CPU_LSTM_KERNEL_MIN_HIDDEN", 0 if kernel else 10**9)
+    # the kernel normally runs under bf16 autocast only; force it here to compare in fp32
+    monkeypatch.setattr(RNNLanguageModel, "_cpu_lstm_kernel", lambda self, x: kernel)
     torch.manual_seed(2)
     model = RNNLanguageModel(ModelConfig(50, cell=cell, emb_size=8, hidden_size=8, layers=3, dropout=0.0,
                                          variational=variational))
@@ -94,3 +94,13 @@ def test_tied_weights_with_different_sizes_are_refused():
 
     with pytest.raises(ConfigError, match="--tie-weights needs --emb-size equal to --hidden-size"):
         ModelConfig(10, emb_size=4, hidden_size=8, tie_weights=True)
+
+
+def test_cpu_lstm_kernel_is_chosen_for_wide_lstms_in_bf16():
+    x = torch.zeros(3, 2, 4)
+    wide = RNNLanguageModel(ModelConfig(10, emb_size=512, hidden_size=512, layers=1))
+    narrow = RNNLanguageModel(ModelConfig(10, emb_size=64, hidden_size=64, layers=1))
+    gru = RNNLanguageModel(ModelConfig(10, cell="gru", emb_size=512, hidden_size=512, layers=1))
+    assert not wide._cpu_lstm_kernel(x)  # fp32: oneDNN's fused LSTM is faster
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert wide._cpu_lstm_kernel(x) and not narrow._cpu_lstm_kernel(x) and not gru._cpu_lstm_kernel(x)

@@ -1,13 +1,17 @@
-"""Sampling text from a checkpoint: all samples of a prompt run as one batch.
+"""Generation from a checkpoint: sampling (temperature, top-k, top-p), greedy decoding and beam search.
 
-Randomness comes from an explicit ``torch.Generator`` seeded from the config, so the same seed and
-arguments give the same text.
+Every sample of a call runs in one batch (up to ``SampleConfig.batch_size`` rows): the prompts are read
+together, packed, and then all rows advance one token per model call. Randomness comes from an explicit
+``torch.Generator`` seeded from the config, so the same seed and arguments give the same text.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice
 from typing import Any
 
 import torch
@@ -15,11 +19,15 @@ import torch.nn.functional as F
 
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import SampleConfig
-from rnnlm_cli.model import RNNLanguageModel
+from rnnlm_cli.model import Hidden, RNNLanguageModel, select_rows
 from rnnlm_cli.runtime import resolve_device
 from rnnlm_cli.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
+
+# Called as samples grow: (index of the sample in output order, its text so far, whether it is complete).
+# Each text extends the one before for the same sample.
+TextCallback = Callable[[int, str, bool], None]
 
 
 @dataclass
@@ -27,7 +35,7 @@ class Sample:
     prompt: str
     text: str  # the prompt followed by its continuation
     tokens: int  # tokens generated, the end-of-sentence token included when it ended the sample
-    logprob: float  # natural-log probability of the generated tokens under the model
+    logprob: float  # natural-log probability of the generated tokens under the model (temperature 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,73 +48,227 @@ class SampleResult:
 
     @property
     def multiline(self) -> bool:
-        """Character models generate line breaks, so one sample may span lines."""
-        return self.tokenizer_kind == "char"
+        return multiline(self.tokenizer_kind)
+
+
+def multiline(tokenizer_kind: str) -> bool:
+    """Character models generate line breaks, so one of their samples may span lines."""
+    return tokenizer_kind == "char"
+
+
+class Generator:
+    """A loaded checkpoint that generates: ``Generator(config).samples(prompts)``."""
+
+    def __init__(self, config: SampleConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model, self.tokenizer, _ = load_for_inference(config.checkpoint, self.device)
+        default_stop = self.tokenizer.kind != "char"  # a character model's <eos> is just a line break
+        self.stop_at_eos = default_stop if config.stop_at_eos is None else config.stop_at_eos
+        self.random = torch.Generator(device=self.device).manual_seed(config.seed)
+        self._warned_oov = False
+
+    @property
+    def per_prompt(self) -> int:
+        return self.config.beam_size or self.config.num_samples
+
+    def samples(self, prompts: Iterable[str], on_text: TextCallback | None = None) -> Iterator[Sample]:
+        """Samples of every prompt in order (``per_prompt`` each), a batch of prompts at a time."""
+        prompts_per_batch = max(1, self.config.batch_size // self.per_prompt)
+        prompts = iter(prompts)
+        first_index = 0
+        while chunk := list(islice(prompts, prompts_per_batch)):
+            batch = self._batch(chunk, first_index, on_text)
+            yield from batch
+            first_index += len(batch)
+
+    def _batch(self, prompts: list[str], first_index: int, on_text: TextCallback | None) -> list[Sample]:
+        tokenizer, config = self.tokenizer, self.config
+        encoded = [tokenizer.encode(prompt) for prompt in prompts]
+        if not self._warned_oov and (unknown := next((p for p, e in zip(prompts, encoded) if e.oov), None)):
+            log.warning("prompt words outside the vocabulary become <unk> (first seen in %r)", unknown)
+            self._warned_oov = True
+        prompt_ids = [e.ids for e in encoded]
+        row_prompts = [index for index in range(len(prompts)) for _ in range(self.per_prompt)]
+
+        def text_of(prompt: int, new_ids: list[int]) -> str:
+            return sample_text(tokenizer, prompts[prompt], prompt_ids[prompt], new_ids)
+
+        with torch.inference_mode():
+            logits, hidden = _prompt_states(self.model, tokenizer.eos_id, prompt_ids, self.per_prompt)
+            if config.beam_size:
+                beams = _beam_search(self.model, tokenizer.eos_id, logits, hidden, config.beam_size,
+                                     config.max_tokens, self.stop_at_eos)
+                rows = [(prompt, *hypothesis) for prompt, best in enumerate(beams) for hypothesis in best]
+            else:
+                watcher = None
+                if on_text is not None:
+                    watcher = _TextWatcher(lambda row, ids: text_of(row_prompts[row], ids), first_index, on_text)
+                generated = _sample(self.model, tokenizer.eos_id, logits, hidden, config, self.stop_at_eos,
+                                    self.random, watcher)
+                rows = [(prompt, *row) for prompt, row in zip(row_prompts, generated)]
+        samples = [Sample(prompts[prompt], text_of(prompt, ids), len(ids), logprob) for prompt, ids, logprob in rows]
+        if on_text is not None and config.beam_size:  # beams change until the end: they are shown complete
+            for offset, item in enumerate(samples):
+                on_text(first_index + offset, item.text, True)
+        return samples
 
 
 def sample(config: SampleConfig) -> SampleResult:
-    """``num_samples`` continuations of every prompt, prompts in order."""
-    device = resolve_device(config.device)
-    model, tokenizer, _ = load_for_inference(config.checkpoint, device)
-    stop_at_eos = config.stop_at_eos if config.stop_at_eos is not None else tokenizer.kind != "char"
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    samples = []
-    for prompt in config.prompts:
-        encoded = tokenizer.encode(prompt)
-        if encoded.oov:
-            log.warning("%d prompt word(s) outside the vocabulary became <unk>: %r", encoded.oov, prompt)
-        batch = _generate(model, tokenizer.eos_id, encoded.ids, config, stop_at_eos, generator)
-        for new_ids, logprob in batch:
-            continuation = _continuation(tokenizer, encoded.ids, new_ids)
-            # the tokenizer decides the spacing between prompt and continuation
-            head = prompt.rstrip() if continuation[:1].isspace() else prompt
-            samples.append(Sample(prompt, head + continuation, len(new_ids), logprob))
-    return SampleResult(samples, tokenizer.kind)
+    """``num_samples`` continuations (or ``beam_size`` best ones) of every prompt, prompts in order."""
+    generator = Generator(config)
+    return SampleResult(list(generator.samples(config.prompts)), generator.tokenizer.kind)
 
 
-def _generate(model: RNNLanguageModel, eos_id: int, prompt_ids: list[int], config: SampleConfig,
-              stop_at_eos: bool, generator: torch.Generator) -> list[tuple[list[int], float]]:
-    device = model.decoder.weight.device
-    count = config.num_samples
-    context = torch.tensor([[eos_id, *prompt_ids]], device=device).expand(count, -1)  # (N, L)
-    finished = torch.zeros(count, dtype=torch.bool, device=device)
-    lengths = torch.zeros(count, dtype=torch.long, device=device)
-    logprobs = torch.zeros(count, dtype=torch.float64, device=device)
-    steps = []
-    with torch.inference_mode():
-        features, hidden = model.features(context)  # (N, L, H)
-        next_logits = model.decoder(features[:, -1])  # (N, V)
-        for _ in range(config.max_tokens):
-            log_probs = F.log_softmax(next_logits.float(), dim=-1)
-            token = _choose(log_probs, config.temperature, config.top_k, generator)  # (N,)
-            token = torch.where(finished, torch.full_like(token, eos_id), token)
-            logprobs += torch.where(finished, 0.0, log_probs.gather(1, token[:, None])[:, 0].double())
-            lengths += (~finished).long()
-            steps.append(token)
-            if stop_at_eos:
-                finished |= token == eos_id
-                if bool(finished.all()):
-                    break
-            logits, hidden = model(token[:, None], hidden)
-            next_logits = logits[:, -1]
-    generated = torch.stack(steps, dim=1).cpu().tolist()  # (N, steps)
-    return [(row[:length], float(lp)) for row, length, lp in zip(generated, lengths.tolist(), logprobs.tolist())]
-
-
-def _choose(log_probs: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator) -> torch.Tensor:
-    if temperature == 0 or top_k == 1:
-        return log_probs.argmax(dim=-1)
-    scores = log_probs / temperature
-    if top_k > 0 and top_k < scores.shape[-1]:
-        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    probabilities = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probabilities, 1, generator=generator)[:, 0]
-
-
-def _continuation(tokenizer: Tokenizer, prompt_ids: list[int], new_ids: list[int]) -> str:
-    """The text the new tokens add after the prompt (spacing decided by the tokenizer)."""
+def sample_text(tokenizer: Tokenizer, prompt: str, prompt_ids: list[int], new_ids: list[int]) -> str:
+    """The prompt as typed, followed by the text the new tokens add (spacing decided by the tokenizer)."""
     body = new_ids[:-1] if new_ids and new_ids[-1] == tokenizer.eos_id else new_ids
     head = tokenizer.decode(prompt_ids)
     full = tokenizer.decode([*prompt_ids, *body])
-    return full[len(head):] if full.startswith(head) else tokenizer.decode(body)
+    continuation = full[len(head):] if full.startswith(head) else tokenizer.decode(body)
+    return (prompt.rstrip() if continuation[:1].isspace() else prompt) + continuation
+
+
+def choose_tokens(log_probs: torch.Tensor, config: SampleConfig, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of ``log_probs`` (R, V): temperature first, then the top-k cut, then the top-p cut."""
+    if config.is_greedy:
+        return log_probs.argmax(dim=-1)
+    scores = log_probs / config.temperature
+    if 0 < config.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, config.top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, -math.inf)
+    if config.top_p < 1:
+        ordered, order = scores.sort(dim=-1, descending=True)
+        probabilities = torch.softmax(ordered, dim=-1)
+        # drop a token when the more likely ones already reach top_p; the most likely one always stays
+        drop_ordered = probabilities.cumsum(dim=-1) - probabilities >= config.top_p
+        drop = torch.zeros_like(drop_ordered).scatter(-1, order, drop_ordered)
+        scores = scores.masked_fill(drop, -math.inf)
+    return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)[:, 0]
+
+
+def _prompt_states(model: RNNLanguageModel, eos_id: int, prompts: list[list[int]],
+                   repeat: int) -> tuple[torch.Tensor, Hidden]:
+    """Next-token logits (R, V) and hidden state after each prompt, each prompt's row repeated ``repeat`` times.
+
+    Every prompt is read after ``<eos>``, as a line is; prompts of different lengths run as one packed batch.
+    """
+    device = model.decoder.weight.device
+    lengths = torch.tensor([1 + len(ids) for ids in prompts])
+    padded = torch.full((len(prompts), int(lengths.max())), eos_id, dtype=torch.long)  # (P, T)
+    for row, ids in enumerate(prompts):
+        padded[row, 1 : 1 + len(ids)] = torch.tensor(ids, dtype=torch.long)
+    top, hidden = model.last_states(padded.to(device), lengths)  # (P, H)
+    rows = torch.arange(len(prompts), device=device).repeat_interleave(repeat)
+    return model.decoder(top).index_select(0, rows), select_rows(hidden, rows)
+
+
+class _TextWatcher:
+    """Reports each growing sample's text to a callback, holding back an unfinished multi-byte character."""
+
+    def __init__(self, text_of: Callable[[int, list[int]], str], first_index: int, callback: TextCallback):
+        self.text_of, self.first_index, self.callback = text_of, first_index, callback
+        self.shown: dict[int, str] = {}
+        self.closed: set[int] = set()
+
+    def __call__(self, histories: list[list[int]], finished: list[bool], last_step: bool) -> None:
+        for row, ids in enumerate(histories):
+            if row in self.closed:
+                continue
+            done = finished[row] or last_step
+            text = self.text_of(row, ids)
+            if not done:
+                # sentencepiece renders a character's first bytes as U+FFFD until the rest arrive
+                text = text.rstrip("\ufffd")
+            if done or (text != self.shown.get(row) and ids):
+                self.shown[row] = text
+                self.callback(self.first_index + row, text, done)
+            if done:
+                self.closed.add(row)
+
+
+def _sample(model: RNNLanguageModel, eos_id: int, logits: torch.Tensor, hidden: Hidden, config: SampleConfig,
+            stop_at_eos: bool, generator: torch.Generator,
+            watcher: _TextWatcher | None) -> list[tuple[list[int], float]]:
+    """Sample every row together: (new token ids, their total log-probability) per row."""
+    rows = logits.shape[0]
+    finished = torch.zeros(rows, dtype=torch.bool, device=logits.device)
+    logprobs = torch.zeros(rows, dtype=torch.float64, device=logits.device)
+    histories: list[list[int]] = [[] for _ in range(rows)]
+    for step in range(config.max_tokens):
+        log_probs = F.log_softmax(logits.float(), dim=-1)  # (R, V)
+        token = choose_tokens(log_probs, config, generator)  # (R,)
+        logprobs += torch.where(finished, 0.0, log_probs.gather(1, token[:, None])[:, 0].double())
+        done_before = finished.tolist()
+        for row, token_id in enumerate(token.tolist()):
+            if not done_before[row]:
+                histories[row].append(token_id)
+        if stop_at_eos:
+            finished |= token == eos_id
+        all_done = bool(finished.all())
+        if watcher is not None:
+            watcher(histories, finished.tolist(), step == config.max_tokens - 1 or all_done)
+        if all_done:
+            break
+        output, hidden = model(token[:, None], hidden)
+        logits = output[:, -1]
+    return [(ids, float(lp)) for ids, lp in zip(histories, logprobs.tolist())]
+
+
+def _beam_search(model: RNNLanguageModel, eos_id: int, logits: torch.Tensor, hidden: Hidden, beam: int,
+                 max_tokens: int, stop_at_eos: bool) -> list[list[tuple[list[int], float]]]:
+    """For each prompt, its ``beam`` most probable continuations, best first, as (token ids, log-probability).
+
+    ``logits`` and ``hidden`` hold ``beam`` identical rows per prompt. Scores are plain sums of log-probabilities
+    (no length normalisation). A hypothesis that predicts ``<eos>`` is complete (with ``stop_at_eos``); a prompt is
+    done once it has ``beam`` complete ones that all score at least its best open one, since scores only fall as
+    hypotheses grow. Open hypotheses still running at ``max_tokens`` compete with the complete ones.
+    """
+    device = logits.device
+    vocab_size = logits.shape[-1]
+    prompts = logits.shape[0] // beam
+    scores = torch.full((prompts, beam), -math.inf, dtype=torch.float64, device=device)
+    scores[:, 0] = 0.0  # the copies are identical: start from one of them
+    histories: list[list[list[int]]] = [[[] for _ in range(beam)] for _ in range(prompts)]
+    complete: list[list[tuple[list[int], float]]] = [[] for _ in range(prompts)]
+    done = [False] * prompts
+    for _ in range(max_tokens):
+        log_probs = F.log_softmax(logits.float(), dim=-1).double().view(prompts, beam, vocab_size)
+        candidates = (scores[:, :, None] + log_probs).view(prompts, beam * vocab_size)
+        top_scores, top_index = candidates.topk(min(2 * beam, beam * vocab_size), dim=-1)  # (P, 2K)
+        next_scores = torch.full((prompts, beam), -math.inf, dtype=torch.float64)
+        sources = torch.zeros((prompts, beam), dtype=torch.long)
+        tokens = torch.full((prompts, beam), eos_id, dtype=torch.long)
+        for prompt, (row_scores, row_index) in enumerate(zip(top_scores.tolist(), top_index.tolist())):
+            if done[prompt]:
+                continue
+            live: list[list[int]] = []
+            for score, index in zip(row_scores, row_index):
+                if score == -math.inf or len(live) == beam:
+                    break
+                source, token = divmod(index, vocab_size)
+                ids = [*histories[prompt][source], token]
+                if stop_at_eos and token == eos_id:
+                    complete[prompt].append((ids, score))
+                    continue
+                next_scores[prompt, len(live)], sources[prompt, len(live)] = score, source
+                tokens[prompt, len(live)] = token
+                live.append(ids)
+            histories[prompt] = live + [[] for _ in range(beam - len(live))]
+            finished_scores = sorted((score for _, score in complete[prompt]), reverse=True)
+            if len(finished_scores) >= beam and (not live or next_scores[prompt, 0] <= finished_scores[beam - 1]):
+                done[prompt] = True
+                next_scores[prompt] = -math.inf
+        scores = next_scores.to(device)
+        if all(done):
+            break
+        rows = (torch.arange(prompts)[:, None] * beam + sources).view(-1).to(device)
+        output, hidden = model(tokens.view(-1, 1).to(device), select_rows(hidden, rows))
+        logits = output[:, -1]
+    results = []
+    for prompt in range(prompts):
+        pool = complete[prompt] + [(ids, score) for ids, score in zip(histories[prompt], scores[prompt].tolist())
+                                   if score > -math.inf]
+        pool.sort(key=lambda item: item[1], reverse=True)
+        results.append(pool[:beam])
+    return results

@@ -114,6 +114,15 @@ class RNNLanguageModel(nn.Module):
             states.append(state)
         return x.transpose(0, 1), _stack_states(states)
 
+    def last_states(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Hidden]:
+        """For right-padded sequences ``ids`` (B, T) of ``lengths`` (each at least 1), in eval mode: the top
+        layer's output at each sequence's own last token (B, H) and the hidden state there."""
+        x = self.embedding(ids.t())  # (T, B, E)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+        _, hidden = self.rnn(packed)  # rows come back in input order
+        top = hidden[0] if isinstance(hidden, tuple) else hidden  # (layers, B, H)
+        return top[-1], hidden
+
     def forward(self, ids: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
         """Logits for the next token at every position, (B, T, V), and the new hidden state."""
         output, hidden = self.features(ids, hidden)
@@ -198,6 +207,13 @@ def _stack_states(states: list[Hidden]) -> Hidden:
     if isinstance(states[0], tuple):
         return torch.stack([s[0] for s in states]), torch.stack([s[1] for s in states])
     return torch.stack(states)
+
+
+def select_rows(hidden: Hidden, rows: Tensor) -> Hidden:
+    """The hidden state of the batch rows ``rows`` (in that order, repeats allowed)."""
+    if isinstance(hidden, tuple):
+        return tuple(h.index_select(1, rows) for h in hidden)  # type: ignore[return-value]
+    return hidden.index_select(1, rows)
 
 
 def detach_hidden(hidden: Hidden) -> Hidden:

@@ -12,7 +12,7 @@ import pytest
 from rnnlm_cli import __version__
 from rnnlm_cli.cli.app import app
 
-COMMANDS = ["tokenize", "train", "eval", "sample", "info", "demo"]
+COMMANDS = ["tokenize", "train", "eval", "sample", "fill", "info", "demo"]
 
 
 def test_help_lists_every_command_with_a_summary(cli):
@@ -82,7 +82,7 @@ def test_keyboard_interrupt_exits_130(cli, word_model, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rnnlm_cli.generate, "sample", interrupted)
+    monkeypatch.setattr(rnnlm_cli.generate.Generator, "samples", interrupted)
     result = cli("sample", word_model, expect=130)
     assert result.stdout == "" and "interrupted" in result.stderr
 

@@ -17,12 +17,14 @@ from rnnlm_cli.errors import RnnlmError
 
 app = typer.Typer(
     name="rnnlm",
-    help="Recurrent neural network language models: tokenize a corpus, train, evaluate perplexity, sample text.\n\n"
+    help="Recurrent neural network language models: tokenize a corpus, train, evaluate perplexity, sample text, "
+    "fill in blanks.\n\n"
     "Typical run (`rnnlm demo` does all of it on a bundled corpus):\n\n"
     "    rnnlm tokenize train.txt --valid valid.txt --test test.txt --out data/\n"
     "    rnnlm train data/ --out model.pt\n"
     "    rnnlm eval model.pt test.txt\n"
-    "    rnnlm sample model.pt --prompt 'the market'\n\n"
+    "    rnnlm sample model.pt --prompt 'the market'\n"
+    "    rnnlm fill model.pt 'the market ___ sharply .'\n\n"
     "Run `rnnlm COMMAND --help` for a command's options and examples.",
     no_args_is_help=True,
     add_completion=False,
@@ -91,9 +93,9 @@ def main_options(
 
 
 def _register() -> None:
-    from rnnlm_cli.cli.commands import demo, evaluate, info, sample, tokenize, train
+    from rnnlm_cli.cli.commands import demo, evaluate, fill, info, sample, tokenize, train
 
-    for module in (tokenize, train, evaluate, sample, info, demo):
+    for module in (tokenize, train, evaluate, sample, fill, info, demo):
         app.command(module.NAME)(handle_errors(module.command))
 
 

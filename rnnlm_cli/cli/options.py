@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rnnlm_cli.config import CELLS, CONTEXTS, DEVICES, OPTIMIZERS
+from rnnlm_cli.config import CELLS, CONTEXTS, DEVICES, EVAL_PRECISIONS, OPTIMIZERS
 from rnnlm_cli.tokenizers import KINDS
 
 
@@ -20,6 +20,8 @@ Cell = choices("Cell", CELLS)
 Optimizer = choices("Optimizer", OPTIMIZERS)
 Device = choices("Device", DEVICES)
 Context = choices("Context", CONTEXTS)
+Format = choices("Format", ("table", "tsv", "json"))
+Precision = choices("Precision", EVAL_PRECISIONS)
 
 CheckpointArg = Annotated[
     str, typer.Argument(metavar="CKPT", help="Checkpoint file written by `rnnlm train`.", show_default=False)
@@ -29,3 +31,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr; errors still show.")
 ]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    help="fp32 gives exact scores; bf16 runs matrix products in bfloat16 (faster on CPUs with AVX-512 BF16 or "
+         "AMX, and on GPUs) and agrees to about 3 significant digits.")]

@@ -35,6 +35,28 @@ def print_json_line(document: Any) -> None:
     sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
 
 
+def write_tsv_row(row) -> None:
+    sys.stdout.write("\t".join(_tsv_field(value) for value in row) + "\n")
+
+
+def write_tsv(columns, rows) -> None:
+    """A header, then one line per row; tabs, line breaks and backslashes in values are escaped."""
+    sys.stdout.write("\t".join(columns) + "\n")
+    for row in rows:
+        write_tsv_row(row)
+
+
+def _tsv_field(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    text = str(value)
+    if any(c in text for c in "\t\n\r\\"):
+        text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text
+
+
 def print_error(message: str) -> None:
     sys.stderr.write(f"rnnlm: error: {message}\n")
 
@@ -71,3 +93,35 @@ def setup_logging(quiet: bool) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
+
+
+class OrderedText:
+    """Writes growing texts to stdout in index order, one per line: the earliest unfinished text as it grows,
+    later ones when their turn comes. ``separator`` goes between texts (a blank line for multi-line texts)."""
+
+    def __init__(self, separator: str = "") -> None:
+        self.separator = separator
+        self.current = 0  # index of the text being written
+        self.written = 0  # characters of it already on stdout
+        self.started = False  # whether its separator is out
+        self.texts: dict[int, str] = {}
+        self.complete: set[int] = set()
+
+    def update(self, index: int, text: str, complete: bool) -> None:
+        """``text`` is the whole text of ``index`` so far; each update extends the one before."""
+        self.texts[index] = text
+        if complete:
+            self.complete.add(index)
+        while self.current in self.texts:
+            text = self.texts[self.current]
+            if not self.started:
+                sys.stdout.write(self.separator if self.current > 0 else "")
+                self.started = True
+            sys.stdout.write(text[self.written:])
+            self.written = max(self.written, len(text))
+            if self.current not in self.complete:
+                break
+            sys.stdout.write("\n")
+            del self.texts[self.current]
+            self.current, self.written, self.started = self.current + 1, 0, False
+        sys.stdout.flush()

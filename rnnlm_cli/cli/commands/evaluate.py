@@ -8,14 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import CheckpointArg, Context, Device, DeviceOpt, QuietOpt, choices
-from rnnlm_cli.config import EVAL_PRECISIONS
+from rnnlm_cli.cli.options import (CheckpointArg, Context, Device, DeviceOpt, Format, Precision, PrecisionOpt,
+                                   QuietOpt, choices)
 
 NAME = "eval"
 
 Level = choices("Level", ("summary", "line", "token"))
-Format = choices("Format", ("table", "tsv", "json"))
-Precision = choices("Precision", EVAL_PRECISIONS)
 
 SUMMARY_COLUMNS = ("name", "lines", "tokens", "oov", "nll", "ppl", "ppl1", "words", "word_ppl", "bytes",
                    "bits_per_byte")
@@ -50,10 +48,7 @@ def command(
                               "By default they are scored as `<unk>` and counted.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Lines per forward pass with --context line; "
                                                         "the result does not depend on it.")] = 64,
-    precision: Annotated[Precision, typer.Option(
-        help="fp32 gives exact perplexities; bf16 runs matrix products in bfloat16 (faster on CPUs with "
-             "AVX-512 BF16 or AMX, and on GPUs) and agrees to about 3 significant digits.")
-    ] = Precision("fp32"),
+    precision: PrecisionOpt = Precision("fp32"),
     device: DeviceOpt = Device("auto"),
     quiet: QuietOpt = False,
 ) -> None:
@@ -98,7 +93,7 @@ def _summary(config, format_name: str, progress: bool) -> None:
         output.print_json(result.to_dict())
     elif format_name == "tsv":
         rows = [score.to_dict() for score in result.files] + [result.total.to_dict()]
-        _write_tsv(SUMMARY_COLUMNS, ([row[column] for column in SUMMARY_COLUMNS] for row in rows))
+        output.write_tsv(SUMMARY_COLUMNS, ([row[column] for column in SUMMARY_COLUMNS] for row in rows))
     else:
         output.stdout().print(_table(result))
 
@@ -117,7 +112,7 @@ def _rows(config, level: str, format_name: str) -> None:
             if format_name == "json":
                 sys.stdout.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n")
             else:
-                sys.stdout.write("\t".join(_tsv_field(value) for value in row) + "\n")
+                output.write_tsv_row(row)
         sys.stdout.flush()
 
 
@@ -133,23 +128,6 @@ def _token_rows(scored) -> list[list]:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def _write_tsv(columns, rows) -> None:
-    sys.stdout.write("\t".join(columns) + "\n")
-    for row in rows:
-        sys.stdout.write("\t".join(_tsv_field(value) for value in row) + "\n")
-
-
-def _tsv_field(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.10g}"
-    text = str(value)
-    if any(c in text for c in "\t\n\r\\"):
-        text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return text
 
 
 def _table(result):

@@ -16,39 +16,76 @@ def command(
     prompt: Annotated[Optional[list[str]], typer.Option(
         "--prompt", "-p", show_default=False,
         help="Text the samples continue; repeat for several prompts. Default: start of a new line.")] = None,
+    prompts_from: Annotated[Optional[str], typer.Option(
+        metavar="FILE", show_default=False,
+        help="Read prompts one per line from FILE (- reads stdin); an empty line samples from scratch.")] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="Samples per prompt.")] = 1,
     max_tokens: Annotated[int, typer.Option(min=1, help="Generated tokens per sample, at most.")] = 50,
-    temperature: Annotated[float, typer.Option(min=0.0, help="Below 1 sharper, above 1 flatter; 0 is greedy.")] = 1.0,
-    top_k: Annotated[int, typer.Option(min=0, help="Sample among the K most likely tokens; 0 keeps all.")] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed and options give the same text.")] = 0,
+    temperature: Annotated[float, typer.Option(help="Below 1 sharper, above 1 flatter; 0 is greedy.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sample among the K most likely tokens; 0 keeps all.")] = 0,
+    top_p: Annotated[float, typer.Option(
+        help="Nucleus sampling: sample among the fewest most likely tokens whose probabilities add up to P; "
+             "1 keeps all.")] = 1.0,
+    greedy: Annotated[bool, typer.Option(
+        "--greedy", help="Always the most likely token (the same as --temperature 0 or --top-k 1).")] = False,
+    beam_size: Annotated[int, typer.Option(
+        metavar="N", show_default=False,
+        help="Beam search: print the N most probable continuations of each prompt, best first, instead of "
+             "sampling.")] = 0,
     stop_at_eos: Annotated[Optional[bool], typer.Option(
         "--stop-at-eos/--no-stop-at-eos", show_default="stop, except for char models",
         help="End each sample at the end-of-line token.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed and options give the same text.")] = 0,
+    stream: Annotated[Optional[bool], typer.Option(
+        "--stream/--no-stream", show_default="when stdout is a terminal",
+        help="Print tokens as they are generated.")] = None,
+    batch_size: Annotated[int, typer.Option(
+        help="Samples generated together (prompts are never split across batches).")] = 256,
     device: DeviceOpt = Device("auto"),
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON Lines: one object per sample.")] = False,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="JSON Lines: one object per sample with prompt, text, tokens and logprob (natural log).")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate text from a checkpoint, optionally continuing a prompt.
+    """Generate text from a checkpoint, optionally continuing prompts.
 
     stdout carries the samples and nothing else: one per line (the prompt, then its
-    continuation); samples from character models, which may hold line breaks, are separated by a
-    blank line.
+    continuation), in prompt order; samples from character models, which may hold line breaks,
+    are separated by a blank line. All samples of a call run as one batch.
 
-    Example:
+    Examples:
 
-        rnnlm sample ptb.pt --prompt "the company said" -n 3 --temperature 0.8 --top-k 40
+        rnnlm sample ptb.pt --prompt "the company said" -n 3 --temperature 0.8 --top-p 0.9
+
+        rnnlm sample ptb.pt --prompt "the company said" --beam-size 5 --json
+
+        cut -d' ' -f1-3 headlines.txt | rnnlm sample ptb.pt --prompts-from - --greedy
     """
     from rnnlm_cli.config import SampleConfig
-    from rnnlm_cli.generate import sample
+    from rnnlm_cli.errors import ConfigError
+    from rnnlm_cli.generate import Generator, multiline
+    from rnnlm_cli.textio import iter_lines
 
     output.setup_logging(quiet)
-    config = SampleConfig(checkpoint=checkpoint, prompts=list(prompt) if prompt else [""],
-                          num_samples=num_samples, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                          seed=seed, device=device.value, stop_at_eos=stop_at_eos)
-    result = sample(config)
+    if prompt and prompts_from:
+        raise ConfigError("give prompts with --prompt or with --prompts-from, not both")
+    config = SampleConfig(checkpoint=checkpoint, prompts=list(prompt) if prompt else [""], num_samples=num_samples,
+                          max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                          beam_size=beam_size, seed=seed, device=device.value, stop_at_eos=stop_at_eos,
+                          batch_size=batch_size)
+    if stream and json_output:
+        raise ConfigError("--stream shows text as it grows; --json writes each sample once it is complete")
+    if stream and beam_size:
+        raise ConfigError("--stream cannot show beam search, whose best continuations change until the end")
+    generator = Generator(config)
+    prompts = iter_lines(prompts_from) if prompts_from else config.prompts
     if json_output:
-        for item in result.samples:
+        for item in generator.samples(prompts):
             output.print_json_line(item.to_dict())
+            sys.stdout.flush()
         return
-    separator = "\n\n" if result.multiline else "\n"
-    sys.stdout.write(separator.join(item.text for item in result.samples) + "\n")
+    writer = output.OrderedText(separator="\n" if multiline(generator.tokenizer.kind) else "")
+    live = stream if stream is not None else sys.stdout.isatty() and not beam_size
+    for index, item in enumerate(generator.samples(prompts, on_text=writer.update if live else None)):
+        if not live:
+            writer.update(index, item.text, True)

@@ -3,10 +3,12 @@
     python bench/presets.py small                   # writes the "preset-small-auto" section of docs/benchmarks.md
     python bench/presets.py small --precision fp32  # the same recipe in fp32, for the bf16 comparison
     python bench/presets.py medium --max-hours 5    # stops cleanly at the budget and reports what it reached
+    python bench/presets.py medium --max-hours 2 --resume   # continues that run where it stopped
 
 Runs `rnnlm train DATA --preset NAME --out checkpoints/ptb-NAME-PRECISION.pt` as one process, then
 `rnnlm eval` on the test split with the stream context (the protocol behind the published numbers).
-Wall-clock time is the whole training process, validation and checkpointing included.
+Wall-clock time is the whole training process, validation and checkpointing included; a run continued with
+--resume adds each segment's wall-clock time (resume is exact, so the result is that of one long run).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm  # noqa: E402
 
+from rnnlm_cli.checkpoint import load_checkpoint  # noqa: E402
 from rnnlm_cli.config import PRESET_SOURCES, PRESETS  # noqa: E402
+from rnnlm_cli.train import last_state_path  # noqa: E402
 
 
 def main() -> None:
@@ -29,6 +33,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "ptb")
     parser.add_argument("--max-hours", type=float, default=None, help="stop training after this long")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (a dry run)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in checkpoints/ where it stopped")
     args = parser.parse_args()
 
     out_dir = ROOT / "checkpoints"
@@ -38,12 +43,21 @@ def main() -> None:
                   args.data / "test.txt", "--out", data_dir, "-q")
     checkpoint = out_dir / f"ptb-{args.preset}-{args.precision}.pt"
     options = ["--preset", args.preset, "--precision", args.precision, "--out", checkpoint, "--json", "-q"]
+    earlier: list[dict] = []  # validations of earlier segments of a resumed run
+    if args.resume:  # a resumed run keeps its own settings
+        options = ["--resume", checkpoint, "--json", "-q"]
+        earlier = load_checkpoint(last_state_path(checkpoint)).train["history"]
     if args.max_hours:
         options += ["--max-time", args.max_hours * 3600]
     if args.epochs:
         options += ["--epochs", args.epochs]
     seconds, stdout = run_rnnlm("train", data_dir, *options)
     result = json.loads(stdout)
+    # Records of the new segment count wall-clock time from its own start: add the earlier segments' time.
+    offset = earlier[-1]["elapsed_seconds"] if earlier else 0.0
+    for record in result["history"][len(earlier):]:
+        record["elapsed_seconds"] += offset
+    seconds += offset
     _, stdout = run_rnnlm("eval", checkpoint, args.data / "test.txt", "--json", "-q")
     test = json.loads(stdout)["total"]
 
@@ -54,6 +68,8 @@ def main() -> None:
         rows.append(f"| {epoch} | {record['lr']:.4g} | {record['train_ppl']:.2f} | {record['valid_ppl']:.2f} | "
                     f"{100 * record['clipped_fraction']:.0f}% | {record['tokens_per_second']:,.0f} | "
                     f"{record['elapsed_seconds'] / 60:.1f} |")
+    resumed = (f"; the run was stopped after epoch {earlier[-1]['epoch']} and continued with --resume, so this "
+               "is the sum of its segments") if earlier else ""
     body = "\n\n".join([
         f"## Preset `{args.preset}`, precision {args.precision} ({result['precision']}) (`bench/presets.py`)",
         f"Recipe: {PRESET_SOURCES[args.preset]}. Machine: {machine()}. Command: "
@@ -63,7 +79,7 @@ def main() -> None:
         f"**PTB test ppl {test['ppl']:.2f}** (`rnnlm eval`, stream context; {test['tokens']:,} tokens) after "
         f"{result['epochs']} epochs ({result['stop_reason']}); best validation ppl {result['best_valid_ppl']:.2f} "
         f"at epoch {result['best_epoch']}; training took **{seconds / 60:.1f} minutes** of wall-clock time "
-        "(the whole process).",
+        f"(the whole process){resumed}.",
         "\n".join(rows),
     ])
     publish(f"preset-{args.preset}-{args.precision}", body, dry_run=bool(args.epochs))

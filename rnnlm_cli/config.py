@@ -101,6 +101,21 @@ class TokenizeConfig:
             raise ConfigError("standard input (-) can feed only one of TRAIN, --valid and --test")
 
 
+def save_interval(text: str) -> tuple[int | None, float | None]:
+    """``--save-every``: "500" is every 500 steps, "10m" every 10 minutes, as (steps, seconds)."""
+    value = text.strip().lower()
+    try:
+        if value.endswith(("m", "min")):
+            minutes = float(value.removesuffix("min").removesuffix("m"))
+            if minutes > 0:
+                return None, minutes * 60
+        elif int(value) >= 1:
+            return int(value), None
+    except ValueError:
+        pass
+    raise ConfigError(f"--save-every takes a number of steps (500) or minutes (10m), not {text!r}")
+
+
 @dataclass
 class TrainConfig:
     dataset: str  # a directory written by `rnnlm tokenize`
@@ -133,6 +148,7 @@ class TrainConfig:
     seed: int = 1111
     device: str = "auto"  # auto | cpu | cuda
     max_time: float | None = None  # seconds for this run; stops cleanly with both checkpoints saved
+    save_every: str | None = None  # also save the resumable state every N steps ("500") or minutes ("10m")
     valid_fraction: float = 0.05  # of training lines held out when the dataset has no valid split
     preset: str | None = None  # the recipe the settings started from (see PRESETS)
 
@@ -156,6 +172,8 @@ class TrainConfig:
             raise ConfigError("--lr-decay divides the learning rate; it must be at least 1")
         if self.max_time is not None and self.max_time <= 0:
             raise ConfigError("--max-time must be positive")
+        if self.save_every is not None:
+            save_interval(self.save_every)
         if not 0 < self.valid_fraction < 1:
             raise ConfigError("valid_fraction must be between 0 and 1")
 

@@ -8,6 +8,7 @@ class RnnlmError(Exception):
     """A problem the user can fix: bad input, a missing file, an unusable checkpoint."""
 
     exit_code = 1
+    label = "error"  # the word after "rnnlm: " on stderr
 
 
 class InputError(RnnlmError):
@@ -34,3 +35,13 @@ class TokenizerError(RnnlmError):
 
 class TrainingError(RnnlmError):
     """Training cannot go on (say, the loss became NaN)."""
+
+
+class TrainingInterrupted(RnnlmError):
+    """Training stopped on SIGINT (exit 130) or SIGTERM (exit 143) after saving a resumable state."""
+
+    label = "interrupted"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -30,9 +32,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rnnlm_cli.checkpoint import Checkpoint, current_versions, load_checkpoint, save_checkpoint
-from rnnlm_cli.config import TrainConfig
+from rnnlm_cli.config import TrainConfig, save_interval
 from rnnlm_cli.data import BPTTBatches, Dataset, line_ends
-from rnnlm_cli.errors import CheckpointError, ConfigError, DatasetError, TrainingError
+from rnnlm_cli.errors import CheckpointError, ConfigError, DatasetError, TrainingError, TrainingInterrupted
 from rnnlm_cli.evaluate import score_stream
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden
 from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, seed_everything
@@ -155,6 +157,9 @@ class _Trainer:
         self.hidden = None
         self.out = Path(config.out)
         self.metrics = metrics_path(self.out)
+        self.save_steps, self.save_seconds = save_interval(config.save_every) if config.save_every else (None, None)
+        self.last_saved = time.monotonic()
+        self.stop = _StopSignals()  # replaced by the active one in run()
         if resume is not None:
             self._restore(resume_path(resume))
             log.info("resuming %s at epoch %d, step %d", resume, self.state.epoch + 1, self.state.step)
@@ -168,6 +173,10 @@ class _Trainer:
                  config.batch_size, config.bptt)
 
     def run(self) -> TrainResult:
+        with _StopSignals() as self.stop:
+            return self._run()
+
+    def _run(self) -> TrainResult:
         config, state = self.config, self.state
         deadline = None if config.max_time is None else self.started + config.max_time
         stop_reason = "completed"
@@ -175,6 +184,8 @@ class _Trainer:
             log.info("the run has already trained %d epochs; raise --epochs to train more", state.epoch)
         while state.epoch < config.epochs and stop_reason == "completed":
             finished = self._train_epoch(deadline)
+            if self.stop.received is not None:
+                self._stop_on_signal(self.stop.received)
             valid_loss = self._validation_loss()
             record = self._record(valid_loss, finished)
             improved = valid_loss < state.best_valid_loss
@@ -189,7 +200,10 @@ class _Trainer:
             if improved:
                 save_checkpoint(self._checkpoint(with_state=False), self.out)
             save_checkpoint(self._checkpoint(with_state=True), last_state_path(self.out))
+            self.last_saved = time.monotonic()
             log.info(_epoch_line(record, config.epochs, improved, time.monotonic() - self.started))
+            if self.stop.received is not None and state.epoch < config.epochs:
+                self._stop_on_signal(self.stop.received)  # it came during validation: all is saved already
 
         if stop_reason == "early_stop":
             log.info("early stop: no improvement in validation for %d epochs", state.bad_epochs)
@@ -255,12 +269,31 @@ class _Trainer:
                     speed = (state.epoch_tokens - tokens_at_start) / max(time.monotonic() - started, 1e-9)
                     bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
                                     tok_s=f"{speed:,.0f}", lr=f"{state.lr:.3g}", refresh=False)
-                if deadline is not None and time.monotonic() >= deadline:
+                if self._save_due():
+                    save_checkpoint(self._checkpoint(with_state=True), last_state_path(self.out))
+                    self.last_saved = time.monotonic()
+                if self.stop.received is not None or (deadline is not None and time.monotonic() >= deadline):
                     break
         finally:
             bar.close()
             state.epoch_seconds += time.monotonic() - started
         return state.batch == len(batches)
+
+    def _save_due(self) -> bool:
+        """Whether --save-every asks for the resumable state now (after the step just taken)."""
+        steps, seconds = self.save_steps, self.save_seconds
+        if steps is not None:
+            return self.state.step % steps == 0
+        return seconds is not None and time.monotonic() - self.last_saved >= seconds
+
+    def _stop_on_signal(self, signum: int) -> None:
+        """Save the resumable state where training stands (mid-epoch is fine) and stop with 128 + signal."""
+        last = last_state_path(self.out)
+        save_checkpoint(self._checkpoint(with_state=True), last)
+        name = signal.Signals(signum).name
+        raise TrainingInterrupted(
+            f"{name}: stopped after step {self.state.step} (epoch {self.state.epoch + 1}) and saved the state to "
+            f"{last}; continue with: rnnlm train {self.config.dataset} --resume {self.out}", 128 + signum)
 
     def _validation_loss(self) -> float:
         """Mean nll per token over the whole validation stream, exactly as `rnnlm eval --context stream` scores it."""
@@ -373,6 +406,33 @@ class _Trainer:
         if saved.get("hidden"):
             parts = tuple(h.to(self.device) for h in saved["hidden"])
             self.hidden = parts if model.config.cell == "lstm" else parts[0]
+
+
+class _StopSignals:
+    """While active, the first SIGINT or SIGTERM only sets ``received`` (training stops after the step and
+    saves); the handlers that were there before come back at once, so a second signal acts immediately."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals to that thread only
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._restore()
 
 
 def _cosine_lr(config: TrainConfig, step: int, total_steps: int) -> float:

@@ -55,7 +55,7 @@ def handle_errors(command: F) -> F:
         except RnnlmError as error:
             if _debug:
                 traceback.print_exc()
-            print_error(str(error))
+            print_error(str(error), error.label)
             raise typer.Exit(error.exit_code) from None
         except Exception as error:  # noqa: BLE001 - one line for anything unforeseen, too
             if _debug:

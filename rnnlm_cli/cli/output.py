@@ -57,8 +57,8 @@ def _tsv_field(value) -> str:
     return text
 
 
-def print_error(message: str) -> None:
-    sys.stderr.write(f"rnnlm: error: {message}\n")
+def print_error(message: str, label: str = "error") -> None:
+    sys.stderr.write(f"rnnlm: {label}: {message}\n")
 
 
 def number(value: float | None, digits: int = 2) -> str:

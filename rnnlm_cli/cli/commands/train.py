@@ -89,6 +89,10 @@ def command(
     max_time: Annotated[Optional[float], _option(
         "max_time", "Stop cleanly after this many seconds, both checkpoints saved (continue with --resume).",
         default="no limit", min=0.001)] = None,
+    save_every: Annotated[Optional[str], _option(
+        "save_every", "Also save the resumable state (the .last checkpoint) every N steps (500) or minutes "
+                      "(10m), bounding what a crash can cost. Ctrl-C and SIGTERM always save it.",
+        default="every epoch", metavar="N|Nm")] = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -118,7 +122,7 @@ def command(
         "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "clip": clip,
         "epochs": epochs, "schedule": schedule, "lr_decay": lr_decay, "decay_start": decay_start,
         "warmup_steps": warmup_steps, "patience": patience, "precision": precision, "seed": seed,
-        "device": device, "max_time": max_time,
+        "device": device, "max_time": max_time, "save_every": save_every,
     }
     overrides = {key: getattr(value, "value", value) for key, value in given.items() if value is not None}
     if resume is not None:

@@ -228,4 +228,4 @@ def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
 def _exp(loss: float | None) -> float | None:
     if loss is None or not math.isfinite(loss):
         return None
-    return math.exp(loss)
+    return math.exp(min(loss, 700))

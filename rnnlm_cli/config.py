@@ -91,6 +91,7 @@ class TokenizeConfig:
     min_freq: int = 1  # word and char only: rarer units become <unk>
     lowercase: bool = False
     character_coverage: float = DEFAULT_CHARACTER_COVERAGE  # bpe/unigram: share of characters kept whole
+    force: bool = False  # replace a dataset already in ``out`` (only once the new one is complete)
 
     def __post_init__(self) -> None:
         _choice(self.kind, KINDS, "tokenizer kind")

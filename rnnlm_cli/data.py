@@ -15,6 +15,7 @@ import base64
 import json
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,13 @@ def id_dtype(vocab_size: int) -> np.dtype:
 
 
 def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
-    """Build the tokenizer from ``config.train`` only and write every split into ``config.out``."""
+    """Build the tokenizer from ``config.train`` only and write every split into ``config.out``.
+
+    The dataset is built in a temporary directory beside ``out`` and moved into place once complete,
+    so a failure leaves nothing behind and an existing dataset (replaced only with ``force``) intact.
+    """
     out = Path(config.out)
-    _check_writable_dataset_dir(out)
+    _check_output_dir(out, config.force)
     sources = {"train": config.train, "valid": config.valid, "test": config.test}
     texts = {split: read_text(path) for split, path in sources.items() if path is not None}
     if not any(line.strip() for line in texts["train"].lines):
@@ -86,18 +91,29 @@ def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
         config.character_coverage,
     )
     dtype = id_dtype(tokenizer.vocab_size)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META_FILE).unlink(missing_ok=True)  # the dataset is incomplete until meta.json is back
-    _write_atomic(out / TOKENIZER_FILE, json.dumps(tokenizer_to_json(tokenizer), ensure_ascii=False).encode())
+    building = out.with_name(f".{out.name}.building-{os.getpid()}")
+    try:
+        building.mkdir(parents=True)
+    except OSError as error:
+        raise DatasetError(f"{out}: cannot write the dataset there ({error.strerror or error})") from None
+    try:
+        summary = _write_dataset(building, tokenizer, dtype, texts)
+        summary.directory = str(out)
+        _move_into_place(building, out)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return summary
 
-    summary = DatasetSummary(str(out), tokenizer.kind, tokenizer.vocab_size, dtype.name)
+
+def _write_dataset(directory: Path, tokenizer: Tokenizer, dtype: np.dtype,
+                   texts: dict[str, TextFile]) -> DatasetSummary:
+    _write_atomic(directory / TOKENIZER_FILE,
+                  json.dumps(tokenizer_to_json(tokenizer), ensure_ascii=False).encode())
+    summary = DatasetSummary(str(directory), tokenizer.kind, tokenizer.vocab_size, dtype.name)
     for split in SPLITS:
-        ids_file = out / f"{split}.ids"
-        if split not in texts:
-            ids_file.unlink(missing_ok=True)
-            continue
-        summary.splits.append(_encode_split(split, texts[split], tokenizer, dtype, ids_file))
-
+        if split in texts:
+            summary.splits.append(_encode_split(split, texts[split], tokenizer, dtype, directory / f"{split}.ids"))
     meta = {
         "format": DATASET_FORMAT,
         "format_version": DATASET_VERSION,
@@ -106,15 +122,28 @@ def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
         "dtype": dtype.name,
         "splits": {s.split: {**asdict(s), "oov_rate": s.oov_rate, "file": f"{s.split}.ids"} for s in summary.splits},
     }
-    _write_atomic(out / META_FILE, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
+    _write_atomic(directory / META_FILE, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
     return summary
 
 
-def _check_writable_dataset_dir(out: Path) -> None:
+def _move_into_place(building: Path, out: Path) -> None:
+    """Rename the finished dataset to ``out``; an old dataset there is set aside first and removed after."""
+    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(building, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_output_dir(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).exists() and not (out / TOKENIZER_FILE).exists():
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / META_FILE).exists() and not (out / TOKENIZER_FILE).exists():
         raise DatasetError(f"{out}: directory is not empty and holds no rnnlm dataset; choose another --out")
+    if not force:
+        raise DatasetError(f"{out}: already holds a dataset; add --force to replace it")
 
 
 def _encode_split(split: str, text: TextFile, tokenizer: Tokenizer, dtype: np.dtype, path: Path) -> SplitSummary:

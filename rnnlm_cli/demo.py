@@ -52,7 +52,7 @@ def run_demo(out_dir: str = "checkpoints", device: str = "auto", progress: bool 
     log.info("1/4 tokenize %s -> %s", corpus, data_dir)
     dataset = tokenize_corpus(TokenizeConfig(
         train=str(corpus / "train.txt"), valid=str(corpus / "valid.txt"), test=str(corpus / "test.txt"),
-        kind="unigram", vocab_size=600, out=str(data_dir),
+        kind="unigram", vocab_size=600, out=str(data_dir), force=True,  # each demo run starts afresh
     ))
     log.info("2/4 train a 1 x 256 LSTM -> %s", checkpoint)
     training = train(TrainConfig(

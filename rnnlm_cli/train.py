@@ -216,7 +216,7 @@ class _Trainer:
             metrics=str(self.metrics),
             epochs=state.epoch,
             steps=state.step,
-            best_valid_ppl=math.exp(best) if math.isfinite(best) else math.inf,
+            best_valid_ppl=math.exp(min(best, 700)) if math.isfinite(best) else math.inf,
             best_epoch=state.best_epoch,
             stop_reason=stop_reason,
             elapsed_seconds=time.monotonic() - self.started,
@@ -249,13 +249,15 @@ class _Trainer:
                 loss = F.cross_entropy(logits.float().reshape(-1, vocab_size), targets.reshape(-1))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if config.clip > 0:
-                    norm = torch.nn.utils.clip_grad_norm_(parameters, config.clip)
-                    state.epoch_clipped_steps += int(norm > config.clip)
+                # the global norm is computed (and clipped to --clip) every step: a non-finite one stops training
+                norm = float(torch.nn.utils.clip_grad_norm_(parameters, config.clip if config.clip > 0 else math.inf))
                 loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise TrainingError(f"the training loss became {loss_value} at step {state.step + 1}; "
-                                        "try a lower --lr or a smaller --clip")
+                for what, value in (("loss", loss_value), ("gradient norm", norm)):
+                    if not math.isfinite(value):
+                        kept = f"{self.out} keeps the best model so far; " if self.out.exists() else ""
+                        raise TrainingError(f"the training {what} became {value} at step {state.step + 1}, which "
+                                            f"was not applied; {kept}try a lower --lr or a smaller --clip")
+                state.epoch_clipped_steps += int(config.clip > 0 and norm > config.clip)
                 self.optimizer.step()
                 self.hidden = hidden
                 state.step += 1
@@ -474,8 +476,13 @@ def _epoch_line(record: dict[str, Any], epochs: int, improved: bool, elapsed: fl
     partial = "" if record["complete"] else " (partial)"
     mark = " *" if improved else ""
     return (
-        f"epoch {record['epoch']}/{epochs}{partial} | train ppl {record['train_ppl']:.2f} | "
-        f"valid ppl {record['valid_ppl']:.2f}{mark} | lr {record['lr']:.4g} | "
+        f"epoch {record['epoch']}/{epochs}{partial} | train ppl {_ppl(record['train_ppl'])} | "
+        f"valid ppl {_ppl(record['valid_ppl'])}{mark} | lr {record['lr']:.4g} | "
         f"clipped {100 * record['clipped_fraction']:.0f}% | {record['tokens_per_second']:,.0f} tok/s | "
         f"{minutes}m{seconds:02d}s"
     )
+
+
+def _ppl(value: float) -> str:
+    return f"{value:.2f}" if value < 1e7 else f"{value:.3g}"
+

@@ -100,7 +100,7 @@ def test_hostile_and_broken_files_give_one_line_and_exit_1(cli, word_model, tmp_
                 not_ours: "not an rnnlm checkpoint", newer: "newer than this rnnlm reads",
                 mismatched: "do not match its model config"}
     for path, message in expected.items():
-        for command in (["info", path], ["eval", path, "-"], ["sample", path]):
+        for command in (["info", path], ["eval", path, "-"], ["sample", path], ["fill", path, "a ___ b"]):
             result = cli(*command, input="a b\n", expect=1)
             assert result.stdout == ""
             assert message in result.stderr, (path, result.stderr)

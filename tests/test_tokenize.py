@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,40 @@ def test_tokenize_errors_are_one_line(cli, tmp_path):
 
     result = cli("tokenize", good, "--out", tmp_path / "d", "--kind", "klingon", expect=2)
     assert result.stdout == ""
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*"))
+            if path.is_file()}
+
+
+def test_an_existing_dataset_is_replaced_only_with_force_and_never_half_written(cli, tmp_path):
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("a b c\nb c\n", encoding="utf-8")
+    second.write_text("x y\ny z w\n", encoding="utf-8")
+    out = tmp_path / "data"
+    cli("tokenize", first, "--out", out, "-q")
+    before = _tree(out)
+
+    refused = cli("tokenize", second, "--out", out, expect=1)
+    assert "--force" in refused.stderr and refused.stderr.count("\n") == 1 and refused.stdout == ""
+    assert _tree(out) == before
+
+    broken = tmp_path / "broken.txt"
+    broken.write_bytes(b"fine\n\xff\n")
+    failed = cli("tokenize", second, "--test", broken, "--out", out, "--force", expect=1)
+    assert "not valid UTF-8" in failed.stderr
+    assert _tree(out) == before  # the failed run changed nothing and left nothing behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.txt", "data", "first.txt", "second.txt"]
+
+    cli("tokenize", second, "--out", out, "--force", "-q")
+    assert Dataset(out).tokenizer.vocab_size == 2 + 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.txt", "data", "first.txt", "second.txt"]
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(cli, tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("a b\n", encoding="utf-8")
+    result = cli("tokenize", good, "--out", good / "data", expect=1)  # under a file
+    assert result.stdout == "" and result.stderr.count("\n") == 1 and "cannot write" in result.stderr
+    assert "Traceback" not in result.stderr and good.read_text(encoding="utf-8") == "a b\n"

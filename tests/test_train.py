@@ -203,3 +203,14 @@ def test_info_draws_the_curve(cli, word_model, tmp_path):
     else:
         cli("info", word_model, "--plot", tmp_path / "curve.svg")
         assert (tmp_path / "curve.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_divergence_stops_with_one_line_and_never_saves_a_broken_model(cli, word_dataset, tmp_path):
+    out = tmp_path / "m.pt"
+    # an absurd learning rate blows the weights up within a few steps
+    result = cli("train", word_dataset, "--out", out, *TINY_MODEL, "--lr", "1e38", "--clip", "0", "-q", expect=1)
+    assert result.stdout == "" and result.stderr.count("\n") == 1
+    assert "became" in result.stderr and "--lr" in result.stderr and "Traceback" not in result.stderr
+    for path in (out, tmp_path / "m.last.pt"):
+        if path.exists():
+            assert all(torch.isfinite(t).all() for t in load_checkpoint(path).model_state.values())

@@ -64,6 +64,8 @@ def print_error(message: str, label: str = "error") -> None:
 def number(value: float | None, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if abs(value) >= 1e12:  # a diverged model's perplexity
+        return f"{value:.3g}"
     return f"{value:,.{digits}f}"
 
 

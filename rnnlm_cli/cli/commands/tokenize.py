@@ -28,6 +28,9 @@ def command(
         min=0.0, max=1.0, help="bpe/unigram: share of characters kept as pieces; the rarest fall back to "
                                "UTF-8 bytes. Suits Japanese and Chinese; use 1.0 for small alphabets.")
     ] = DEFAULT_CHARACTER_COVERAGE,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace a dataset already in --out (the old one stays until the new one is complete).")
+    ] = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -48,7 +51,7 @@ def command(
     output.setup_logging(quiet)
     config = TokenizeConfig(train=train, out=out, valid=valid, test=test, kind=kind.value,
                             vocab_size=vocab_size, min_freq=min_freq, lowercase=lowercase,
-                            character_coverage=character_coverage)
+                            character_coverage=character_coverage, force=force)
     summary = tokenize_corpus(config)
     if json_output:
         output.print_json(summary.to_dict())

@@ -19,6 +19,7 @@ DEFAULT_LR = {"sgd": 20.0, "adam": 1e-3, "adamw": 1e-3}
 SCHEDULES = ("plateau", "epoch", "cosine")
 CONTEXTS = ("stream", "line")
 EVAL_PRECISIONS = ("fp32", "bf16")
+ENCODING_ERRORS = ("strict", "replace")
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 # the model's settings (ModelConfig takes them, with the vocabulary size)
 ARCHITECTURE = ("cell", "emb_size", "hidden_size", "layers", "dropout", "tie_weights", "init_range",
@@ -92,9 +93,11 @@ class TokenizeConfig:
     lowercase: bool = False
     character_coverage: float = DEFAULT_CHARACTER_COVERAGE  # bpe/unigram: share of characters kept whole
     force: bool = False  # replace a dataset already in ``out`` (only once the new one is complete)
+    encoding_errors: str = "strict"  # strict: invalid UTF-8 is an error naming the line; replace: U+FFFD
 
     def __post_init__(self) -> None:
         _choice(self.kind, KINDS, "tokenizer kind")
+        _choice(self.encoding_errors, ENCODING_ERRORS, "--encoding-errors mode")
         if not 0 < self.character_coverage <= 1:
             raise ConfigError("--character-coverage must be in (0, 1]")
         paths = [p for p in (self.train, self.valid, self.test) if p is not None]
@@ -200,9 +203,11 @@ class EvalConfig:
     exclude_oov: bool = False  # SRILM's convention: OOV tokens are neither scored nor counted
     precision: str = "fp32"  # fp32 (exact) | bf16 (faster matrix products, about 3 significant digits)
     device: str = "auto"
+    encoding_errors: str = "strict"  # strict: invalid UTF-8 is an error naming the line; replace: U+FFFD
 
     def __post_init__(self) -> None:
         _choice(self.context, CONTEXTS, "context mode")
+        _choice(self.encoding_errors, ENCODING_ERRORS, "--encoding-errors mode")
         _choice(self.precision, EVAL_PRECISIONS, "precision")
         _device(self.device)
         if self.batch_size < 1:

@@ -82,7 +82,7 @@ def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
     out = Path(config.out)
     _check_output_dir(out, config.force)
     sources = {"train": config.train, "valid": config.valid, "test": config.test}
-    texts = {split: read_text(path) for split, path in sources.items() if path is not None}
+    texts = {split: read_text(path, config.encoding_errors) for split, path in sources.items() if path is not None}
     if not any(line.strip() for line in texts["train"].lines):
         raise DatasetError(f"{config.train}: the training text is empty")
 

@@ -222,7 +222,7 @@ class Scorer:
         size = None if path == STDIN else Path(path).stat().st_size
         bar = tqdm(total=size, desc=name, unit="B", unit_scale=True, leave=False, file=sys.stderr,
                    disable=None if progress else True)
-        numbered = enumerate(iter_lines(path), start=1)
+        numbered = enumerate(iter_lines(path, errors=self.config.encoding_errors), start=1)
         hidden = None  # stream mode: the state carried from one window to the next
         with bar:
             growth = WINDOW_BATCHES if config.context == "line" else 1

@@ -59,10 +59,11 @@ class ByteTally:
         return self._digest.hexdigest()
 
 
-def iter_lines(path: str, tally: ByteTally | None = None) -> Iterator[str]:
-    """Yield the lines of ``path`` (or stdin for ``-``) without terminators, decoding UTF-8 strictly.
+def iter_lines(path: str, tally: ByteTally | None = None, errors: str = "strict") -> Iterator[str]:
+    """Yield the lines of ``path`` (or stdin for ``-``) without terminators, decoding UTF-8.
 
-    ``\\r\\n`` endings count as ``\\n``; a UTF-8 byte-order mark at the start is dropped. When
+    ``\\r\\n`` endings count as ``\\n``; a UTF-8 byte-order mark at the start is dropped. Invalid UTF-8
+    is an error naming the line (``errors="strict"``) or becomes U+FFFD (``errors="replace"``). When
     ``tally`` is given it sees every raw byte read.
     """
     stream = _open_binary(path)
@@ -71,11 +72,12 @@ def iter_lines(path: str, tally: ByteTally | None = None) -> Iterator[str]:
             if tally is not None:
                 tally.update(raw)
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8", errors=errors)
             except UnicodeDecodeError as error:
                 raise InputError(
                     f"{display_name(path)}, line {number}: not valid UTF-8 "
-                    f"(byte {error.start + 1} of the line: {error.reason})"
+                    f"(byte {error.start + 1} of the line: {error.reason}; tokenize and eval carry on with "
+                    "--encoding-errors replace)"
                 ) from None
             if number == 1 and line.startswith(_BOM):
                 line = line[1:]
@@ -87,10 +89,10 @@ def iter_lines(path: str, tally: ByteTally | None = None) -> Iterator[str]:
             stream.close()
 
 
-def read_text(path: str) -> TextFile:
+def read_text(path: str, errors: str = "strict") -> TextFile:
     """Read a whole UTF-8 text file (or stdin for ``-``) into memory, with its sha256."""
     tally = ByteTally()
-    lines = list(iter_lines(path, tally))
+    lines = list(iter_lines(path, tally, errors))
     return TextFile(name=path, lines=lines, sha256=tally.sha256, size=tally.size)
 
 

@@ -318,3 +318,12 @@ def test_head_ends_quietly(word_model, corpus, tmp_path):
                                 timeout=120)
         assert len(result.stdout.splitlines()) == 3
         assert result.stderr == "" and result.returncode == 0
+
+
+def test_eval_encoding_errors(cli, word_model, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"Tom \xff\nMary\n")
+    strict = cli("eval", word_model, bad, expect=1)
+    assert "bad.txt, line 1: not valid UTF-8" in strict.stderr and strict.stdout == ""
+    replaced = cli.json("eval", word_model, bad, "--encoding-errors", "replace")["total"]
+    assert replaced["lines"] == 2 and replaced["oov"] == 1  # the replaced word is outside the vocabulary

@@ -189,3 +189,34 @@ def test_an_output_path_that_cannot_be_written_is_one_line(cli, tmp_path):
     result = cli("tokenize", good, "--out", good / "data", expect=1)  # under a file
     assert result.stdout == "" and result.stderr.count("\n") == 1 and "cannot write" in result.stderr
     assert "Traceback" not in result.stderr and good.read_text(encoding="utf-8") == "a b\n"
+
+
+def test_invalid_utf8_names_the_line_or_is_replaced_on_request(cli, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"a b\nc \xff d\ne\n")
+    strict = cli("tokenize", bad, "--out", tmp_path / "d", expect=1)
+    assert "bad.txt, line 2: not valid UTF-8" in strict.stderr and "--encoding-errors replace" in strict.stderr
+    assert not (tmp_path / "d").exists()
+    summary = cli.json("tokenize", bad, "--out", tmp_path / "d", "--encoding-errors", "replace")
+    assert summary["splits"][0]["lines"] == 3 and summary["splits"][0]["tokens"] == 2 + 3 + 1 + 3
+    assert "\ufffd" in Dataset(tmp_path / "d").tokenizer.tokens
+
+
+@pytest.mark.parametrize("content, lines, tokens", [
+    (b"a\x00b c\nd\n", 2, 5),  # NUL is a character like any other
+    (b"\xef\xbb\xbfa b\r\nc\r\n", 2, 5),  # a BOM and CRLF endings are handled transparently
+    (b"w " * 3_000_000 + b"\n", 1, 3_000_001),  # one 6 MB line
+])
+def test_awkward_but_valid_text(cli, tmp_path, content, lines, tokens):
+    text = tmp_path / "t.txt"
+    text.write_bytes(content)
+    summary = cli.json("tokenize", text, "--out", tmp_path / "d")
+    assert summary["splits"][0]["lines"] == lines and summary["splits"][0]["tokens"] == tokens
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"])
+def test_empty_or_blank_training_text_is_one_line(cli, tmp_path, content):
+    text = tmp_path / "t.txt"
+    text.write_bytes(content)
+    result = cli("tokenize", text, "--out", tmp_path / "d", expect=1)
+    assert "empty" in result.stderr and result.stderr.count("\n") == 1 and not (tmp_path / "d").exists()

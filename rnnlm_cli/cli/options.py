@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rnnlm_cli.config import CELLS, CONTEXTS, DEVICES, EVAL_PRECISIONS, OPTIMIZERS
+from rnnlm_cli.config import CELLS, CONTEXTS, DEVICES, ENCODING_ERRORS, EVAL_PRECISIONS, OPTIMIZERS
 from rnnlm_cli.tokenizers import KINDS
 
 
@@ -22,6 +22,7 @@ Device = choices("Device", DEVICES)
 Context = choices("Context", CONTEXTS)
 Format = choices("Format", ("table", "tsv", "json"))
 Precision = choices("Precision", EVAL_PRECISIONS)
+EncodingErrors = choices("EncodingErrors", ENCODING_ERRORS)
 
 CheckpointArg = Annotated[
     str, typer.Argument(metavar="CKPT", help="Checkpoint file written by `rnnlm train`.", show_default=False)
@@ -34,3 +35,6 @@ QuietOpt = Annotated[
 PrecisionOpt = Annotated[Precision, typer.Option(
     help="fp32 gives exact scores; bf16 runs matrix products in bfloat16 (faster on CPUs with AVX-512 BF16 or "
          "AMX, and on GPUs) and agrees to about 3 significant digits.")]
+EncodingErrorsOpt = Annotated[EncodingErrors, typer.Option(
+    help="strict: invalid UTF-8 stops with an error naming the file and line; replace: such bytes become U+FFFD "
+         "and the work carries on.")]

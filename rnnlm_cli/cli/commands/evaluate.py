@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import (CheckpointArg, Context, Device, DeviceOpt, Format, Precision, PrecisionOpt,
-                                   QuietOpt, choices)
+from rnnlm_cli.cli.options import (CheckpointArg, Context, Device, DeviceOpt, EncodingErrors, EncodingErrorsOpt,
+                                   Format, Precision, PrecisionOpt, QuietOpt, choices)
 
 NAME = "eval"
 
@@ -49,6 +49,7 @@ def command(
     batch_size: Annotated[int, typer.Option(min=1, help="Lines per forward pass with --context line; "
                                                         "the result does not depend on it.")] = 64,
     precision: PrecisionOpt = Precision("fp32"),
+    encoding_errors: EncodingErrorsOpt = EncodingErrors("strict"),
     device: DeviceOpt = Device("auto"),
     quiet: QuietOpt = False,
 ) -> None:
@@ -78,7 +79,8 @@ def command(
         raise ConfigError(f"--level {level.value} writes tsv or json, not a table")
     config = EvalConfig(checkpoint=checkpoint, inputs=list(files or []), files_from=files_from,
                         context=context.value, batch_size=batch_size, exclude_oov=exclude_oov,
-                        precision=precision.value, device=device.value)
+                        precision=precision.value, device=device.value,
+                        encoding_errors=encoding_errors.value)
     if level.value == "summary":
         _summary(config, chosen.value, progress=not quiet)
     else:

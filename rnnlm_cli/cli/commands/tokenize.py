@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import JsonOpt, Kind, QuietOpt
+from rnnlm_cli.cli.options import EncodingErrors, EncodingErrorsOpt, JsonOpt, Kind, QuietOpt
 from rnnlm_cli.tokenizers import DEFAULT_CHARACTER_COVERAGE
 
 NAME = "tokenize"
@@ -31,6 +31,7 @@ def command(
     force: Annotated[bool, typer.Option(
         "--force", help="Replace a dataset already in --out (the old one stays until the new one is complete).")
     ] = False,
+    encoding_errors: EncodingErrorsOpt = EncodingErrors("strict"),
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -51,7 +52,8 @@ def command(
     output.setup_logging(quiet)
     config = TokenizeConfig(train=train, out=out, valid=valid, test=test, kind=kind.value,
                             vocab_size=vocab_size, min_freq=min_freq, lowercase=lowercase,
-                            character_coverage=character_coverage, force=force)
+                            character_coverage=character_coverage, force=force,
+                            encoding_errors=encoding_errors.value)
     summary = tokenize_corpus(config)
     if json_output:
         output.print_json(summary.to_dict())

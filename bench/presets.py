@@ -4,6 +4,7 @@
     python bench/presets.py small --precision fp32  # the same recipe in fp32, for the bf16 comparison
     python bench/presets.py medium --max-hours 5    # stops cleanly at the budget and reports what it reached
     python bench/presets.py medium --max-hours 2 --resume   # continues that run where it stopped
+    python bench/presets.py small --compare         # bf16 against fp32, from the two finished runs above
 
 Runs `rnnlm train DATA --preset NAME --out checkpoints/ptb-NAME-PRECISION.pt` as one process, then
 `rnnlm eval` on the test split with the stream context (the protocol behind the published numbers).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -34,9 +36,13 @@ def main() -> None:
     parser.add_argument("--max-hours", type=float, default=None, help="stop training after this long")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (a dry run)")
     parser.add_argument("--resume", action="store_true", help="continue the run in checkpoints/ where it stopped")
+    parser.add_argument("--compare", action="store_true", help="compare the finished auto and fp32 runs")
     args = parser.parse_args()
 
     out_dir = ROOT / "checkpoints"
+    if args.compare:
+        compare_precisions(args.preset, out_dir, args.data)
+        return
     data_dir = out_dir / "ptb-data"
     if not (data_dir / "meta.json").exists():
         run_rnnlm("tokenize", args.data / "train.txt", "--valid", args.data / "valid.txt", "--test",
@@ -75,7 +81,7 @@ def main() -> None:
         f"Recipe: {PRESET_SOURCES[args.preset]}. Machine: {machine()}. Command: "
         f"`python bench/presets.py {args.preset} --precision {args.precision}"
         f"{f' --max-hours {args.max_hours:g}' if args.max_hours else ''}"
-        f"{f' --epochs {args.epochs}' if args.epochs else ''}`.",
+        f"{f' --epochs {args.epochs}' if args.epochs else ''}{' --resume' if args.resume else ''}`.",
         f"**PTB test ppl {test['ppl']:.2f}** (`rnnlm eval`, stream context; {test['tokens']:,} tokens) after "
         f"{result['epochs']} epochs ({result['stop_reason']}); best validation ppl {result['best_valid_ppl']:.2f} "
         f"at epoch {result['best_epoch']}; training took **{seconds / 60:.1f} minutes** of wall-clock time "
@@ -83,6 +89,37 @@ def main() -> None:
         "\n".join(rows),
     ])
     publish(f"preset-{args.preset}-{args.precision}", body, dry_run=bool(args.epochs))
+
+
+def compare_precisions(preset: str, out_dir: Path, data: Path) -> None:
+    """Validation and test ppl and speed of the finished ``auto`` and ``fp32`` runs of ``preset``."""
+    rows = ["| precision | epochs | best valid ppl | PTB test ppl | median tokens/s in an epoch | wall-clock (min) |",
+            "|---|---:|---:|---:|---:|---:|"]
+    valid = {}
+    for name in ("auto", "fp32"):
+        checkpoint = out_dir / f"ptb-{preset}-{name}.pt"
+        train = load_checkpoint(last_state_path(checkpoint)).train
+        history = train["history"]
+        _, stdout = run_rnnlm("eval", checkpoint, data / "test.txt", "--json", "-q")
+        test_ppl = json.loads(stdout)["total"]["ppl"]
+        valid[name] = min(record["valid_ppl"] for record in history)
+        speed = statistics.median(record["tokens_per_second"] for record in history)
+        # each resumed segment restarts its clock: add up the segments' last records
+        minutes = sum(record["elapsed_seconds"] for record, after in zip(history, [*history[1:], None])
+                      if after is None or after["elapsed_seconds"] < record["elapsed_seconds"]) / 60
+        rows.append(f"| {name} ({train['precision']}) | {len(history)} | {valid[name]:.2f} | {test_ppl:.2f} | "
+                    f"{speed:,.0f} | {minutes:.1f} |")
+    change = 100 * (valid["auto"] - valid["fp32"]) / valid["fp32"]
+    body = "\n\n".join([
+        f"## bf16 against fp32 on the `{preset}` preset (`bench/presets.py {preset} --compare`)",
+        f"The two finished runs of `bench/presets.py {preset}` (auto, which is bf16 on this CPU) and "
+        f"`--precision fp32`, same seed. bf16's best validation ppl is {change:+.2f}% from fp32's (the aim: within "
+        "2%). The speed column is the median over epochs of tokens/s inside the epoch, which other work on the "
+        "machine disturbs least; wall-clock minutes are as measured, see each run's own section for its "
+        "circumstances.",
+        "\n".join(rows),
+    ])
+    publish(f"precision-{preset}", body, dry_run=False)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,13 @@ def publish(name: str, body: str, dry_run: bool) -> None:
         print(f"wrote the {name} section of docs/benchmarks.md")
 
 
+def timed(function, *args):
+    """Wall-clock seconds of ``function(*args)`` and its value."""
+    start = time.perf_counter()
+    value = function(*args)
+    return time.perf_counter() - start, value
+
+
 def run_rnnlm(*args: str) -> tuple[float, str]:
     """Wall-clock seconds of a whole `rnnlm` process (start-up included) and its stdout."""
     start = time.perf_counter()

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, machine, publish, run_rnnlm  # noqa: E402
+from common import SHARED_DATA, machine, publish, run_rnnlm, timed  # noqa: E402
 
 from rnnlm_cli.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
 from rnnlm_cli.config import EvalConfig, TokenizeConfig  # noqa: E402
@@ -87,12 +87,6 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> floa
 def flops_per_token(size: int, layers: int, vocab: int) -> int:
     """Multiply-adds x 2 of one scored token: the LSTM's gates in every layer, then the output layer."""
     return 2 * layers * 4 * size * (size + size) + 2 * size * vocab
-
-
-def timed(function, *args):
-    start = time.perf_counter()
-    value = function(*args)
-    return time.perf_counter() - start, value
 
 
 def main() -> None:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, machine, publish, run_rnnlm  # noqa: E402
+from common import SHARED_DATA, machine, publish, run_rnnlm, timed  # noqa: E402
 
 from rnnlm_cli.checkpoint import Checkpoint, load_for_inference, save_checkpoint  # noqa: E402
 from rnnlm_cli.config import FillConfig, SampleConfig, TokenizeConfig  # noqa: E402
@@ -46,12 +45,6 @@ def example_loop(model: RNNLanguageModel, tokens: int, temperature: float = 1.0)
             inputs.fill_(word)
             words.append(int(word))
     return words
-
-
-def timed(function, *args):
-    start = time.perf_counter()
-    value = function(*args)
-    return time.perf_counter() - start, value
 
 
 def main() -> None:

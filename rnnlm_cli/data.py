@@ -108,7 +108,7 @@ def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
 
 def _write_dataset(directory: Path, tokenizer: Tokenizer, dtype: np.dtype,
                    texts: dict[str, TextFile]) -> DatasetSummary:
-    _write_atomic(directory / TOKENIZER_FILE,
+    _write_synced(directory / TOKENIZER_FILE,
                   json.dumps(tokenizer_to_json(tokenizer), ensure_ascii=False).encode())
     summary = DatasetSummary(str(directory), tokenizer.kind, tokenizer.vocab_size, dtype.name)
     for split in SPLITS:
@@ -122,7 +122,7 @@ def _write_dataset(directory: Path, tokenizer: Tokenizer, dtype: np.dtype,
         "dtype": dtype.name,
         "splits": {s.split: {**asdict(s), "oov_rate": s.oov_rate, "file": f"{s.split}.ids"} for s in summary.splits},
     }
-    _write_atomic(directory / META_FILE, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
+    _write_synced(directory / META_FILE, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
     return summary
 
 
@@ -148,8 +148,7 @@ def _check_output_dir(out: Path, force: bool) -> None:
 
 def _encode_split(split: str, text: TextFile, tokenizer: Tokenizer, dtype: np.dtype, path: Path) -> SplitSummary:
     tokens = oov = 0
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
+    with open(path, "wb") as file:
         for start in range(0, len(text.lines), _ENCODE_CHUNK_LINES):
             chunk = tokenizer.encode_many(text.lines[start : start + _ENCODE_CHUNK_LINES])
             ids: list[int] = []
@@ -161,17 +160,15 @@ def _encode_split(split: str, text: TextFile, tokenizer: Tokenizer, dtype: np.dt
             tokens += len(ids)
         file.flush()
         os.fsync(file.fileno())
-    os.replace(tmp, path)
     return SplitSummary(split, text.name, text.sha256, len(text.lines), tokens, oov)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write and fsync (the dataset directory as a whole is renamed into place once complete)."""
+    with open(path, "wb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
-    os.replace(tmp, path)
 
 
 def tokenizer_to_json(tokenizer: Tokenizer) -> dict[str, Any]:

@@ -72,6 +72,13 @@ class BlankFiller:
         if config.candidates is None and self.tokenizer.kind != "word":
             raise ConfigError(f"a {self.tokenizer.kind} model ranks whole strings only: give --candidates a,b,c")
         self._warned_context = False
+        # candidates outside the vocabulary cannot be ranked: left out once, for every sentence
+        self.candidates = [c for c in config.candidates or [] if not self.tokenizer.encode(c).oov]
+        self.left_out = [c for c in config.candidates or [] if c not in self.candidates]
+        if self.left_out:
+            log.warning("candidates outside the vocabulary are left out: %s", ", ".join(self.left_out))
+        if config.candidates is not None and not self.candidates:
+            raise InputError("none of the candidates is in the model's vocabulary")
 
     def fill(self, sentences: Iterable[str]) -> Iterator[FillResult]:
         for sentence in sentences:
@@ -89,12 +96,7 @@ class BlankFiller:
                 scores = _vocabulary_scores(self.model, tokenizer, left, right, fillers, config.batch_size)
                 texts, left_out = [tokenizer.piece(token_id) for token_id in fillers], []
             else:
-                texts = [c for c in config.candidates if not tokenizer.encode(c).oov]
-                left_out = [c for c in config.candidates if c not in texts]
-                if left_out:
-                    log.warning("candidates outside the vocabulary are left out: %s", ", ".join(left_out))
-                if not texts:
-                    raise InputError("none of the candidates is in the model's vocabulary")
+                texts, left_out = self.candidates, self.left_out
                 lines = [tokenizer.encode(left + text + right).ids + [tokenizer.eos_id] for text in texts]
                 nll = score_token_lines(self.model, lines, tokenizer.eos_id, "line", config.batch_size)
                 scores = torch.stack([-part.double().sum() for part in nll])

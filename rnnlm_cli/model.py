@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from rnnlm_cli.config import check_architecture
 from rnnlm_cli.errors import ConfigError
 from rnnlm_cli.lstm_cpu import lstm_layer
+from rnnlm_cli.output_loss import linear_cross_entropy
 
 # LSTM state is (h, c); the other cells carry h alone. Each is (layers, batch, hidden_size).
 Hidden = Union[Tensor, tuple[Tensor, Tensor]]
@@ -127,6 +128,16 @@ class RNNLanguageModel(nn.Module):
         """Logits for the next token at every position, (B, T, V), and the new hidden state."""
         output, hidden = self.features(ids, hidden)
         return self.decoder(output), hidden
+
+    def loss(self, features: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy (fp32) of the next-token predictions from top-layer features (N, H), for training.
+
+        On CPUs the output layer and the loss run as one step (``output_loss``), in the autocast dtype.
+        """
+        if features.device.type == "cpu":
+            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+            return linear_cross_entropy(features, self.decoder.weight, self.decoder.bias, targets, dtype)
+        return F.cross_entropy(self.decoder(features).float(), targets)
 
     def token_nll(self, features: Tensor, targets: Tensor, chunk_size: int = 1024) -> Tensor:
         """Negative log-likelihood (nats) of each target, in fp32, decoding at most ``chunk_size`` positions at a time.

@@ -1,4 +1,4 @@
-"""The model's training paths: the CPU LSTM kernel and the dropout variants."""
+"""The model's training paths: the CPU LSTM kernel, the fused output loss and the dropout variants."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 
 from rnnlm_cli.lstm_cpu import lstm_layer
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel
+from rnnlm_cli.output_loss import linear_cross_entropy
 
 
 def test_lstm_kernel_matches_nn_lstm_forward_and_backward():
@@ -39,6 +40,37 @@ def test_lstm_kernel_in_bf16_stays_close():
     low, _, _ = lstm_layer(x, zeros, zeros, *reference.parameters(), dtype=torch.bfloat16)
     assert low.dtype == torch.float32
     assert (low - exact).abs().max() < 2e-2
+
+
+def _loss_and_grads(loss_fn, features, linear, targets, scale):
+    for tensor in (features, *linear.parameters()):
+        tensor.grad = None
+    loss = loss_fn(features, linear, targets)
+    (loss * scale).backward()
+    return [loss.detach()] + [t.grad.clone() for t in (features, *linear.parameters())]
+
+
+@pytest.mark.parametrize("rows", [1, 31, 70])  # fewer, as many and more rows than one block
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_output_loss_matches_linear_and_cross_entropy(rows, bias):
+    torch.manual_seed(rows)
+    linear = torch.nn.Linear(12, 50, bias=bias)
+    features = (torch.randn(rows, 12) * 3).requires_grad_()
+    targets = torch.randint(0, 50, (rows,))
+    expected = _loss_and_grads(lambda f, lin, t: torch.nn.functional.cross_entropy(lin(f), t),
+                               features, linear, targets, 2.5)
+    got = _loss_and_grads(lambda f, lin, t: linear_cross_entropy(f, lin.weight, lin.bias, t, torch.float32),
+                          features, linear, targets, 2.5)
+    for name, a, b in zip(["loss", "features", "weight", "bias"], got, expected):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+    low = _loss_and_grads(lambda f, lin, t: linear_cross_entropy(f, lin.weight, lin.bias, t, torch.bfloat16),
+                          features, linear, targets, 2.5)
+    assert torch.allclose(low[0], expected[0], rtol=2e-2)
+    for a, b in zip(low[1:], expected[1:]):
+        assert (a - b).abs().max() <= 0.03 * b.abs().max()
+    with torch.no_grad():  # scoring without gradients gives the same loss
+        assert torch.allclose(linear_cross_entropy(features, linear.weight, linear.bias, targets, torch.float32),
+                              expected[0], rtol=1e-5)
 
 
 @pytest.mark.parametrize("cell,kernel", [("lstm", True), ("lstm", False), ("gru", False), ("rnn_tanh", False)])

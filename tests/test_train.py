@@ -37,9 +37,9 @@ def test_best_and_last_checkpoints(cli, word_dataset, tmp_path):
     assert not best.resumable and last.resumable
     assert best.train["epoch"] == summary["best_epoch"] and last.train["epoch"] == 2
     assert best.train["best_valid_loss"] == pytest.approx(min(r["valid_loss"] for r in summary["history"]))
-    # the best checkpoint evaluates to the validation ppl training reported for it
+    # the best checkpoint evaluates to the validation ppl training reported for it, in the training precision
     valid_text = Dataset(word_dataset).split_info("valid")["source"]
-    total = cli.json("eval", out, valid_text)["total"]
+    total = cli.json("eval", out, valid_text, "--precision", summary["precision"])["total"]
     assert total["ppl"] == pytest.approx(summary["best_valid_ppl"], rel=1e-5)
 
 

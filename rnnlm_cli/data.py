@@ -16,7 +16,10 @@ import json
 import math
 import os
 import shutil
+import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ import numpy as np
 from rnnlm_cli import __version__
 from rnnlm_cli.config import TokenizeConfig
 from rnnlm_cli.errors import DatasetError, TokenizerError
-from rnnlm_cli.textio import TextFile, read_text
+from rnnlm_cli.textio import STDIN, ByteTally, check_readable, display_name, iter_lines
 from rnnlm_cli.tokenizers import Tokenizer, tokenizer_from_dict, train_tokenizer
 
 DATASET_FORMAT = "rnnlm-dataset"
@@ -76,28 +79,30 @@ def id_dtype(vocab_size: int) -> np.dtype:
 def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
     """Build the tokenizer from ``config.train`` only and write every split into ``config.out``.
 
+    Text is streamed: the training file is read twice (once to build the tokenizer, once to encode
+    it; standard input is first copied to a file in the build directory), the other splits once, and
+    at most ``_ENCODE_CHUNK_LINES`` lines are held at a time, so memory does not grow with the corpus.
     The dataset is built in a temporary directory beside ``out`` and moved into place once complete,
     so a failure leaves nothing behind and an existing dataset (replaced only with ``force``) intact.
     """
     out = Path(config.out)
     _check_output_dir(out, config.force)
-    sources = {"train": config.train, "valid": config.valid, "test": config.test}
-    texts = {split: read_text(path, config.encoding_errors) for split, path in sources.items() if path is not None}
-    if not any(line.strip() for line in texts["train"].lines):
-        raise DatasetError(f"{config.train}: the training text is empty")
-
-    tokenizer = train_tokenizer(
-        config.kind, texts["train"].lines, config.vocab_size, config.min_freq, config.lowercase,
-        config.character_coverage,
-    )
-    dtype = id_dtype(tokenizer.vocab_size)
+    sources = {split: path for split, path in zip(SPLITS, (config.train, config.valid, config.test))
+               if path is not None}
+    _check_sources(sources)
     building = out.with_name(f".{out.name}.building-{os.getpid()}")
     try:
         building.mkdir(parents=True)
     except OSError as error:
         raise DatasetError(f"{out}: cannot write the dataset there ({error.strerror or error})") from None
     try:
-        summary = _write_dataset(building, tokenizer, dtype, texts)
+        train = _TrainingText(config.train, building, config.encoding_errors)
+        tokenizer = train_tokenizer(
+            config.kind, train.lines(), config.vocab_size, config.min_freq, config.lowercase,
+            config.character_coverage,
+        )
+        summary = _write_dataset(building, tokenizer, id_dtype(tokenizer.vocab_size), sources, train,
+                                 config.encoding_errors)
         summary.directory = str(out)
         _move_into_place(building, out)
     except BaseException:
@@ -106,14 +111,59 @@ def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
     return summary
 
 
-def _write_dataset(directory: Path, tokenizer: Tokenizer, dtype: np.dtype,
-                   texts: dict[str, TextFile]) -> DatasetSummary:
+def _check_sources(sources: dict[str, str]) -> None:
+    """Every input file can be opened, before any work starts (TokenizeConfig allows stdin for one split)."""
+    for path in sources.values():
+        if path != STDIN:
+            check_readable(path)
+
+
+class _TrainingText:
+    """The training text, read once to build the tokenizer and once more to encode it.
+
+    Standard input is copied to a file in the build directory first. The second reading must see
+    the same bytes as the first (a file that changes in between is an error, not a mixed dataset).
+    """
+
+    def __init__(self, path: str, building: Path, errors: str) -> None:
+        self.path, self.name, self.errors = path, display_name(path), errors
+        if path == STDIN:
+            self.path = str(building / ".train-from-stdin")
+            with open(self.path, "wb") as copy:
+                shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
+        self.first = ByteTally()
+        if not any(line.strip() for line in iter_lines(self.path, errors=errors, name=self.name)):
+            raise DatasetError(f"{self.name}: the training text is empty")
+
+    def lines(self) -> Iterator[str]:
+        """The first reading, for building the tokenizer."""
+        return iter_lines(self.path, self.first, self.errors, self.name)
+
+    def reread(self, tally: ByteTally) -> Iterator[str]:
+        return iter_lines(self.path, tally, self.errors, self.name)
+
+    def check_unchanged(self, tally: ByteTally) -> None:
+        if (tally.size, tally.sha256) != (self.first.size, self.first.sha256):
+            raise DatasetError(f"{self.name}: the file changed while it was being tokenized; run tokenize again")
+
+    def remove_copy(self) -> None:
+        if self.name != self.path:
+            os.unlink(self.path)
+
+
+def _write_dataset(directory: Path, tokenizer: Tokenizer, dtype: np.dtype, sources: dict[str, str],
+                   train: _TrainingText, errors: str) -> DatasetSummary:
     _write_synced(directory / TOKENIZER_FILE,
                   json.dumps(tokenizer_to_json(tokenizer), ensure_ascii=False).encode())
     summary = DatasetSummary(str(directory), tokenizer.kind, tokenizer.vocab_size, dtype.name)
-    for split in SPLITS:
-        if split in texts:
-            summary.splits.append(_encode_split(split, texts[split], tokenizer, dtype, directory / f"{split}.ids"))
+    for split, source in sources.items():
+        tally = ByteTally()
+        lines = train.reread(tally) if split == "train" else iter_lines(source, tally, errors)
+        line_count, tokens, oov = _encode_lines(lines, tokenizer, dtype, directory / f"{split}.ids")
+        if split == "train":
+            train.check_unchanged(tally)
+            train.remove_copy()
+        summary.splits.append(SplitSummary(split, source, tally.sha256, line_count, tokens, oov))
     meta = {
         "format": DATASET_FORMAT,
         "format_version": DATASET_VERSION,
@@ -146,21 +196,22 @@ def _check_output_dir(out: Path, force: bool) -> None:
         raise DatasetError(f"{out}: already holds a dataset; add --force to replace it")
 
 
-def _encode_split(split: str, text: TextFile, tokenizer: Tokenizer, dtype: np.dtype, path: Path) -> SplitSummary:
-    tokens = oov = 0
+def _encode_lines(lines: Iterator[str], tokenizer: Tokenizer, dtype: np.dtype, path: Path) -> tuple[int, int, int]:
+    """Encode ``lines`` into ``path``, a chunk of lines at a time; (lines, tokens, oov) written."""
+    line_count = tokens = oov = 0
     with open(path, "wb") as file:
-        for start in range(0, len(text.lines), _ENCODE_CHUNK_LINES):
-            chunk = tokenizer.encode_many(text.lines[start : start + _ENCODE_CHUNK_LINES])
+        while chunk := list(islice(lines, _ENCODE_CHUNK_LINES)):
             ids: list[int] = []
-            for encoded in chunk:
+            for encoded in tokenizer.encode_many(chunk):
                 ids.extend(encoded.ids)
                 ids.append(tokenizer.eos_id)
                 oov += encoded.oov
             np.asarray(ids, dtype=dtype).tofile(file)
+            line_count += len(chunk)
             tokens += len(ids)
         file.flush()
         os.fsync(file.fileno())
-    return SplitSummary(split, text.name, text.sha256, len(text.lines), tokens, oov)
+    return line_count, tokens, oov
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,16 +12,6 @@ from rnnlm_cli.errors import InputError
 
 STDIN = "-"
 _BOM = "\ufeff"
-
-
-@dataclass
-class TextFile:
-    """A whole text read into memory."""
-
-    name: str  # the path as given, or "-" for standard input
-    lines: list[str]  # without their line terminators
-    sha256: str  # of the raw bytes
-    size: int  # raw bytes
 
 
 def display_name(path: str) -> str:
@@ -43,6 +32,11 @@ def _open_binary(path: str) -> BinaryIO:
         raise InputError(f"{path}: cannot read ({error.strerror})") from None
 
 
+def check_readable(path: str) -> None:
+    """Raise the one-line InputError that reading ``path`` would raise, before any work starts."""
+    _open_binary(path).close()
+
+
 class ByteTally:
     """Counts and hashes the raw bytes that :func:`iter_lines` reads."""
 
@@ -59,14 +53,16 @@ class ByteTally:
         return self._digest.hexdigest()
 
 
-def iter_lines(path: str, tally: ByteTally | None = None, errors: str = "strict") -> Iterator[str]:
+def iter_lines(path: str, tally: ByteTally | None = None, errors: str = "strict",
+               name: str | None = None) -> Iterator[str]:
     """Yield the lines of ``path`` (or stdin for ``-``) without terminators, decoding UTF-8.
 
     ``\\r\\n`` endings count as ``\\n``; a UTF-8 byte-order mark at the start is dropped. Invalid UTF-8
     is an error naming the line (``errors="strict"``) or becomes U+FFFD (``errors="replace"``). When
-    ``tally`` is given it sees every raw byte read.
+    ``tally`` is given it sees every raw byte read. Messages call the input ``name`` (default: the path).
     """
     stream = _open_binary(path)
+    name = name or display_name(path)
     try:
         for number, raw in enumerate(stream, start=1):
             if tally is not None:
@@ -75,7 +71,7 @@ def iter_lines(path: str, tally: ByteTally | None = None, errors: str = "strict"
                 line = raw.decode("utf-8", errors=errors)
             except UnicodeDecodeError as error:
                 raise InputError(
-                    f"{display_name(path)}, line {number}: not valid UTF-8 "
+                    f"{name}, line {number}: not valid UTF-8 "
                     f"(byte {error.start + 1} of the line: {error.reason}; tokenize and eval carry on with "
                     "--encoding-errors replace)"
                 ) from None
@@ -87,13 +83,6 @@ def iter_lines(path: str, tally: ByteTally | None = None, errors: str = "strict"
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
-
-
-def read_text(path: str, errors: str = "strict") -> TextFile:
-    """Read a whole UTF-8 text file (or stdin for ``-``) into memory, with its sha256."""
-    tally = ByteTally()
-    lines = list(iter_lines(path, tally, errors))
-    return TextFile(name=path, lines=lines, sha256=tally.sha256, size=tally.size)
 
 
 def read_path_list(path: str) -> list[str]:

@@ -28,6 +28,9 @@ DEFAULT_SUBWORD_VOCAB = 8000
 # sentencepiece's recommendation for languages with large character sets (Japanese, Chinese);
 # byte fallback covers the rest, so no character is ever unknown.
 DEFAULT_CHARACTER_COVERAGE = 0.9995
+# sentencepiece trains on at most this many lines, sampled uniformly from a bigger training text
+SENTENCEPIECE_SAMPLE_LINES = 2_000_000
+SENTENCEPIECE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ class SentencePieceTokenizer(Tokenizer):
         import sentencepiece
 
         model = io.BytesIO()
+        sentencepiece.set_random_generator_seed(SENTENCEPIECE_SEED)  # the same text gives the same model
         try:
             sentencepiece.SentencePieceTrainer.train(
                 sentence_iterator=(line.lower() for line in lines) if lowercase else iter(lines),
@@ -197,6 +201,9 @@ class SentencePieceTokenizer(Tokenizer):
                 vocab_size=vocab_size or DEFAULT_SUBWORD_VOCAB,
                 # a soft limit: a small corpus gets a smaller vocabulary instead of an error
                 hard_vocab_limit=False,
+                # bounded memory on big corpora: train on a uniform sample of this many lines
+                input_sentence_size=SENTENCEPIECE_SAMPLE_LINES,
+                shuffle_input_sentence=True,
                 character_coverage=character_coverage,
                 byte_fallback=True,
                 normalization_rule_name="identity",
@@ -252,13 +259,13 @@ def _first_line(error: Exception) -> str:
 
 def train_tokenizer(
     kind: str,
-    lines: Sequence[str],
+    lines: Iterable[str],
     vocab_size: int | None = None,
     min_freq: int = 1,
     lowercase: bool = False,
     character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
 ) -> Tokenizer:
-    """Build a tokenizer of ``kind`` from training lines only.
+    """Build a tokenizer of ``kind`` from training lines only, reading ``lines`` once.
 
     ``vocab_size`` counts every id, the special tokens included; ``None`` keeps every word or
     character seen ``min_freq`` times, and means 8000 for sentencepiece.

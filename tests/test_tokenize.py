@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -220,3 +221,65 @@ def test_empty_or_blank_training_text_is_one_line(cli, tmp_path, content):
     text.write_bytes(content)
     result = cli("tokenize", text, "--out", tmp_path / "d", expect=1)
     assert "empty" in result.stderr and result.stderr.count("\n") == 1 and not (tmp_path / "d").exists()
+
+
+def test_training_text_from_stdin_is_read_twice_through_a_copy_that_is_removed(cli, tmp_path):
+    text = "b a\r\nc a b\n"
+    (tmp_path / "valid.txt").write_text("a c\n", encoding="utf-8")
+    summary = cli.json("tokenize", "-", "--valid", tmp_path / "valid.txt", "--out", tmp_path / "d", input=text)
+    train = summary["splits"][0]
+    assert train["source"] == "-" and train["lines"] == 2 and train["tokens"] == 7
+    assert train["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["meta.json", "tokenizer.json", "train.ids",
+                                                                   "valid.ids"]
+    assert decode_split(Dataset(tmp_path / "d"), "train") == ["b a", "c a b"]
+    both = cli("tokenize", "-", "--valid", "-", "--out", tmp_path / "e", input=text, expect=2)
+    assert "can feed only one" in both.stderr and not (tmp_path / "e").exists()
+
+
+def test_a_training_file_that_changes_between_the_two_readings_is_refused(cli, tmp_path, monkeypatch):
+    import rnnlm_cli.data as data
+
+    train = tmp_path / "train.txt"
+    train.write_text("a b\nb c\n", encoding="utf-8")
+
+    def build_then_append(*args, **kwargs):
+        tokenizer = train_tokenizer(*args, **kwargs)
+        with open(train, "a", encoding="utf-8") as file:
+            file.write("d e\n")
+        return tokenizer
+
+    monkeypatch.setattr(data, "train_tokenizer", build_then_append)
+    result = cli("tokenize", train, "--out", tmp_path / "d", expect=1)
+    assert "changed while it was being tokenized" in result.stderr and result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == [train]  # no dataset, no build directory
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe"])
+def test_tokenizing_streams_the_text_instead_of_holding_it(tmp_path, monkeypatch, kind):
+    """Python's peak allocations while tokenizing stay well below the size of the file: it is never held whole."""
+    import tracemalloc
+
+    import rnnlm_cli.data as data
+    from rnnlm_cli.config import TokenizeConfig
+
+    monkeypatch.setattr(data, "_ENCODE_CHUNK_LINES", 200)  # lines encoded at a time (10,000 in use)
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(500)]
+    train = tmp_path / "train.txt"
+    with open(train, "w", encoding="utf-8") as file:
+        for _ in range(30_000):  # short lines: held as a list they would cost more than the file's size
+            file.write(" ".join(rng.choice(words, 6)) + "\n")
+    size = train.stat().st_size
+    tracemalloc.start()
+    try:
+        summary = data.tokenize_corpus(TokenizeConfig(train=str(train), out=str(tmp_path / "d"), kind=kind,
+                                                      vocab_size=300 if kind == "bpe" else None))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert summary.splits[0].lines == 30_000
+    if kind == "word":
+        assert summary.splits[0].tokens == 30_000 * 7
+    # the lines as a list of str would take about 2.7x the file's size; streaming, a fraction
+    assert peak < size / 2, f"peak {peak:,} bytes of Python allocations for a {size:,}-byte file"

@@ -48,7 +48,8 @@ def main() -> None:
         run_rnnlm("tokenize", args.data / "train.txt", "--valid", args.data / "valid.txt", "--test",
                   args.data / "test.txt", "--out", data_dir, "-q")
     checkpoint = out_dir / f"ptb-{args.preset}-{args.precision}.pt"
-    options = ["--preset", args.preset, "--precision", args.precision, "--out", checkpoint, "--json", "-q"]
+    options = ["--preset", args.preset, "--precision", args.precision, "--out", checkpoint, "--force", "--json",
+               "-q"]
     earlier: list[dict] = []  # validations of earlier segments of a resumed run
     if args.resume:  # a resumed run keeps its own settings
         options = ["--resume", checkpoint, "--json", "-q"]

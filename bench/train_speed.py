@@ -90,7 +90,7 @@ def plain_loop(ids: np.ndarray, preset: dict, vocab: int, seconds: float) -> flo
 def rnnlm_run(data_dir: Path, preset: str, seconds: float, precision: str, work: Path) -> tuple[float, float]:
     """(tokens/s of the whole process, tokens/s inside the epoch) for `rnnlm train --max-time`."""
     elapsed, stdout = run_rnnlm("train", data_dir, "--out", work / f"{preset}.pt", "--preset", preset,
-                                "--max-time", seconds, "--precision", precision, "--json", "-q")
+                                "--max-time", seconds, "--precision", precision, "--force", "--json", "-q")
     result = json.loads(stdout)
     settings = PRESETS[preset]
     tokens = result["steps"] * settings["batch_size"] * settings["bptt"]

@@ -155,6 +155,7 @@ class TrainConfig:
     save_every: str | None = None  # also save the resumable state every N steps ("500") or minutes ("10m")
     valid_fraction: float = 0.05  # of training lines held out when the dataset has no valid split
     preset: str | None = None  # the recipe the settings started from (see PRESETS)
+    force: bool = False  # a new run may replace an existing checkpoint at ``out``
 
     def __post_init__(self) -> None:
         check_architecture(self.architecture())

@@ -59,6 +59,7 @@ def run_demo(out_dir: str = "checkpoints", device: str = "auto", progress: bool 
         dataset=str(data_dir), out=str(checkpoint), cell="lstm", layers=1, emb_size=128, hidden_size=256,
         dropout=0.1, optimizer="adam", lr=3e-3, batch_size=32, bptt=35, epochs=5, device=device,
         max_time=90,  # keeps the demo within two minutes on a slow machine
+        force=True,  # the demo's own checkpoint, rebuilt on every run
     ), progress=progress)
     log.info("3/4 evaluate on %s", corpus / "test.txt")
     evaluation = evaluate(EvalConfig(checkpoint=str(checkpoint), inputs=[str(corpus / "test.txt")], device=device))

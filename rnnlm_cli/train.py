@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # settings that shape the weights and the optimizer state; a resumed run cannot change them
 FIXED_ON_RESUME = ("cell", "emb_size", "hidden_size", "layers", "tie_weights", "init_range", "optimizer")
 # settings of one invocation, not of the run: a resumed run starts from their defaults
-PER_INVOCATION = ("max_time", "device")
+PER_INVOCATION = ("max_time", "device", "force")
 
 
 @dataclass
@@ -140,6 +140,8 @@ class _Trainer:
     def __init__(self, config: TrainConfig, resume: str | Path | None, progress: bool) -> None:
         self.started = time.monotonic()
         self.config = config
+        if resume is None:
+            _check_new_output(Path(config.out), config.force)
         self.progress = progress
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
@@ -435,6 +437,16 @@ class _StopSignals:
 
     def __exit__(self, *exc_info: Any) -> None:
         self._restore()
+
+
+def _check_new_output(out: Path, force: bool) -> None:
+    """A new run writes ``out`` and its .last companion; it replaces an existing run's files only with force."""
+    if out.is_dir():
+        raise TrainingError(f"{out}: is a directory; --out names the checkpoint file to write")
+    existing = [path for path in (out, last_state_path(out)) if path.exists()]
+    if existing and not force:
+        raise TrainingError(f"{existing[0]}: already exists; add --force to replace it, or continue that run "
+                            f"with --resume {out}")
 
 
 def _cosine_lr(config: TrainConfig, step: int, total_steps: int) -> float:

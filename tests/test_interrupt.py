@@ -72,7 +72,8 @@ def test_kill_9_at_random_moments_leaves_loadable_checkpoints(word_dataset, tmp_
     moments = random.Random(4)
     for _ in range(4):
         # a checkpoint every step, so most kills land while one is being written
-        process = _start_training(word_dataset, out, *TINY_MODEL, "--epochs", "50", "--save-every", "1", "-q")
+        process = _start_training(word_dataset, out, *TINY_MODEL, "--epochs", "50", "--save-every", "1", "--force",
+                                  "-q")
         _wait_for(tmp_path / "m.last.pt", process)  # this run is training and writing
         time.sleep(moments.uniform(0.0, 0.4))
         process.kill()
@@ -82,6 +83,11 @@ def test_kill_9_at_random_moments_leaves_loadable_checkpoints(word_dataset, tmp_
             if path.exists():
                 assert load_checkpoint(path).model_config.hidden_size == 24
     assert (tmp_path / "m.last.pt").exists()
+    # a kill during a write leaves that process's temporary file; the next save beside it removes it
+    finished = subprocess.run([sys.executable, "-m", "rnnlm_cli", "train", str(word_dataset), "--out", str(out),
+                               *TINY_MODEL, "--epochs", "1", "--force", "-q"], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.last.pt", "m.metrics.jsonl", "m.pt"]
 
 
 def test_save_every_steps_writes_the_state_mid_epoch(cli, word_dataset, tmp_path, monkeypatch):

@@ -214,3 +214,22 @@ def test_divergence_stops_with_one_line_and_never_saves_a_broken_model(cli, word
     for path in (out, tmp_path / "m.last.pt"):
         if path.exists():
             assert all(torch.isfinite(t).all() for t in load_checkpoint(path).model_state.values())
+
+
+def test_a_new_run_replaces_an_existing_checkpoint_only_with_force(cli, word_dataset, tmp_path):
+    out = tmp_path / "m.pt"
+    first = cli.json("train", word_dataset, "--out", out, *TINY_MODEL, "--epochs", "1", "--seed", "1", "-q")
+    before = out.read_bytes(), (tmp_path / "m.last.pt").read_bytes()
+    again = cli("train", word_dataset, "--out", out, *TINY_MODEL, "--epochs", "1", "--seed", "2", expect=1)
+    assert again.stdout == "" and again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
+    assert f"{out}: already exists; add --force" in again.stderr and f"--resume {out}" in again.stderr
+    assert (out.read_bytes(), (tmp_path / "m.last.pt").read_bytes()) == before
+    (tmp_path / "other.pt").mkdir()
+    folder = cli("train", word_dataset, "--out", tmp_path / "other.pt", *TINY_MODEL, expect=1)
+    assert "is a directory" in folder.stderr and folder.stderr.count("\n") == 1
+    clash = cli("train", word_dataset, "--resume", out, "--force", expect=2)
+    assert "--force is for a new run" in clash.stderr
+    second = cli.json("train", word_dataset, "--out", out, *TINY_MODEL, "--epochs", "1", "--seed", "2", "--force",
+                      "-q")
+    assert second["history"][0]["valid_loss"] != first["history"][0]["valid_loss"]
+    assert load_checkpoint(out).train["epoch"] == 1 and out.read_bytes() != before[0]

@@ -93,6 +93,8 @@ def command(
         "save_every", "Also save the resumable state (the .last checkpoint) every N steps (500) or minutes "
                       "(10m), bounding what a crash can cost. Ctrl-C and SIGTERM always save it.",
         default="every epoch", metavar="N|Nm")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Let a new run replace an existing checkpoint at --out (and its .last state).")] = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -128,6 +130,8 @@ def command(
     if resume is not None:
         if preset is not None:
             raise ConfigError("--preset starts a new run; a resumed run keeps its own settings")
+        if force:
+            raise ConfigError("--force is for a new run; --resume continues the existing one")
         best = str(best_checkpoint_path(resume))
         if out is not None and out != best:
             raise ConfigError(f"a resumed run keeps writing {best}; leave --out out")
@@ -135,7 +139,8 @@ def command(
     elif out is None:
         raise ConfigError("--out is required (or --resume CKPT to continue a run)")
     else:
-        config = TrainConfig.from_preset(preset.value if preset else None, dataset=dataset, out=out, **overrides)
+        config = TrainConfig.from_preset(preset.value if preset else None, dataset=dataset, out=out, force=force,
+                                         **overrides)
     result = train(config, resume=resume, progress=not quiet)
     if json_output:
         output.print_json(result.to_dict())

@@ -1,7 +1,8 @@
 """Training throughput on PTB: `rnnlm train` against a plain PyTorch fp32 loop, in one run.
 
-    python bench/train_speed.py             # small and medium, writes the "train-speed" section of docs/benchmarks.md
-    python bench/train_speed.py --quick     # small only, 20 s per run; prints, writes nothing
+    python bench/train_speed.py                 # small and medium; writes the "train-speed" section
+    python bench/train_speed.py --preset small  # re-measures one row; the other comes from bench/results/
+    python bench/train_speed.py --quick         # small only, 20 s per run; prints, writes nothing
 
 For each architecture (the small and medium presets: 2x200 LSTM with bptt 20, 2x650 LSTM with
 bptt 35 and dropout 0.5; batch 20) the script alternates two kinds of run, twice each:
@@ -13,7 +14,9 @@ bptt 35 and dropout 0.5; batch 20) the script alternates two kinds of run, twice
   start-up, data loading, the validation pass at the stop and checkpoint writing all count, while
   only training tokens count in the numerator.
 
-Reported: mean tokens/s of each, and their ratio.
+Reported: mean tokens/s of each, and their ratio. Each row's figures are kept in
+bench/results/train_speed.json with the time they were measured, so one row can be measured again
+(on a quiet machine) without re-running the other.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from common import SHARED_DATA, machine, publish, run_rnnlm  # noqa: E402
 
 from rnnlm_cli.config import PRESETS, TokenizeConfig  # noqa: E402
 from rnnlm_cli.data import Dataset, tokenize_corpus  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 
 
 class ExampleModel(nn.Module):
@@ -102,6 +107,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "ptb")
     parser.add_argument("--quick", action="store_true", help="small only, 20 s runs; print only")
     parser.add_argument("--seconds", type=float, default=None, help="length of each run")
+    parser.add_argument("--preset", action="append", choices=["small", "medium"],
+                        help="measure only this preset (repeatable); the others' rows are kept")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="rnnlm-bench-"))
@@ -110,11 +117,11 @@ def main() -> None:
                                    out=str(data_dir)))
     dataset = Dataset(data_dir)
     ids, vocab = dataset.ids("train"), dataset.tokenizer.vocab_size
-    presets = ["small"] if args.quick else ["small", "medium"]
+    presets = ["small"] if args.quick else args.preset or ["small", "medium"]
     budgets = {preset: args.seconds or (20 if args.quick else {"small": 90, "medium": 180}[preset])
                for preset in presets}
 
-    rows = []
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for preset in presets:
         budget = budgets[preset]
         plain, ours, ours_epoch, ours_fp32 = [], [], [], []
@@ -124,27 +131,33 @@ def main() -> None:
             ours.append(whole)
             ours_epoch.append(epoch)
         ours_fp32.append(rnnlm_run(data_dir, preset, budget, "fp32", work)[0])
-        settings = PRESETS[preset]
-        row = (preset, f"2 x {settings['hidden_size']}, bptt {settings['bptt']}, batch {settings['batch_size']}",
-               statistics.mean(plain), statistics.mean(ours), statistics.mean(ours_epoch), ours_fp32[0])
-        rows.append(row)
-        print(row, flush=True)
+        stored[preset] = {"seconds": budget, "plain": statistics.mean(plain), "rnnlm": statistics.mean(ours),
+                          "rnnlm_in_epoch": statistics.mean(ours_epoch), "rnnlm_fp32": ours_fp32[0],
+                          "measured": time.strftime("%Y-%m-%d %H:%M")}
+        print(preset, stored[preset], flush=True)
+    if args.quick:
+        return
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
 
     table = ["| preset | model | plain fp32 loop tok/s | rnnlm train tok/s (whole process) | ratio | "
-             "rnnlm tok/s inside the epoch | rnnlm --precision fp32 (whole process) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for preset, model, plain, ours, ours_epoch, ours_fp32 in rows:
-        table.append(f"| {preset} | {model} | {plain:,.0f} | {ours:,.0f} | {ours / plain:.2f}x | "
-                     f"{ours_epoch:,.0f} | {ours_fp32:,.0f} ({ours_fp32 / plain:.2f}x) |")
+             "rnnlm tok/s inside the epoch | rnnlm --precision fp32 (whole process) | S | measured |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for preset in sorted(stored, key=["small", "medium"].index):
+        row = stored[preset]
+        settings, plain = PRESETS[preset], row["plain"]
+        table.append(f"| {preset} | 2 x {settings['hidden_size']}, bptt {settings['bptt']}, batch "
+                     f"{settings['batch_size']} | {plain:,.0f} | {row['rnnlm']:,.0f} | {row['rnnlm'] / plain:.2f}x | "
+                     f"{row['rnnlm_in_epoch']:,.0f} | {row['rnnlm_fp32']:,.0f} ({row['rnnlm_fp32'] / plain:.2f}x) | "
+                     f"{row['seconds']:g} s | {row['measured']} |")
     body = "\n\n".join([
         "## Training speed (`bench/train_speed.py`)",
         f"Machine: {machine()}. Command: `python bench/train_speed.py`. Each rnnlm run is a whole "
-        f"`rnnlm train --preset NAME --max-time S` process (S = "
-        f"{', '.join(f'{preset}: {budget:g} s' for preset, budget in budgets.items())}); "
-        "the plain loop runs equally long; two runs of each, alternated, averaged.",
+        "`rnnlm train --preset NAME --max-time S` process; the plain loop runs equally long; two runs of each, "
+        "alternated, averaged. The ratio compares runs made in the same script run, minutes apart.",
         "\n".join(table),
     ])
-    publish("train-speed", body, dry_run=args.quick)
+    publish("train-speed", body, dry_run=False)
 
 
 if __name__ == "__main__":

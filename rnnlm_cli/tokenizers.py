@@ -29,7 +29,7 @@ DEFAULT_SUBWORD_VOCAB = 8000
 # byte fallback covers the rest, so no character is ever unknown.
 DEFAULT_CHARACTER_COVERAGE = 0.9995
 # sentencepiece trains on at most this many lines, sampled uniformly from a bigger training text
-SENTENCEPIECE_SAMPLE_LINES = 2_000_000
+SENTENCEPIECE_SAMPLE_LINES = 1_000_000
 SENTENCEPIECE_SEED = 0
 
 

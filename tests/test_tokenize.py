@@ -206,7 +206,7 @@ def test_invalid_utf8_names_the_line_or_is_replaced_on_request(cli, tmp_path):
 @pytest.mark.parametrize("content, lines, tokens", [
     (b"a\x00b c\nd\n", 2, 5),  # NUL is a character like any other
     (b"\xef\xbb\xbfa b\r\nc\r\n", 2, 5),  # a BOM and CRLF endings are handled transparently
-    (b"w " * 3_000_000 + b"\n", 1, 3_000_001),  # one 6 MB line
+    (b"w " * 25_000_000 + b"\n", 1, 25_000_001),  # one 50 MB line
 ])
 def test_awkward_but_valid_text(cli, tmp_path, content, lines, tokens):
     text = tmp_path / "t.txt"

@@ -233,3 +233,25 @@ def test_a_new_run_replaces_an_existing_checkpoint_only_with_force(cli, word_dat
                       "-q")
     assert second["history"][0]["valid_loss"] != first["history"][0]["valid_loss"]
     assert load_checkpoint(out).train["epoch"] == 1 and out.read_bytes() != before[0]
+
+
+def test_paths_of_the_wrong_kind_and_datasets_missing_a_split_are_one_line(cli, word_dataset, word_model, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(word_dataset, broken)
+    (broken / "valid.ids").unlink()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    cases = [
+        (["tokenize", folder, "--out", tmp_path / "d"], "folder: is a directory"),
+        (["eval", word_model, folder], "folder: is a directory"),
+        (["eval", folder, word_model], "folder: is a directory"),
+        (["train", broken, "--out", tmp_path / "m.pt", *TINY_MODEL], "valid.ids: missing"),
+        (["train", word_model, "--out", tmp_path / "m.pt"], "no such dataset directory"),
+    ]
+    for args, message in cases:
+        result = cli(*args, expect=1)
+        assert result.stdout == "" and result.stderr.count("\n") == 1, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["broken", "folder"]  # nothing written

@@ -7,8 +7,8 @@ describes every key. This module is the only place that calls ``torch.save`` or 
 
 from __future__ import annotations
 
-import math
 import glob
+import math
 import os
 import pickle
 import platform

@@ -127,7 +127,8 @@ class _TrainingText:
 
     def __init__(self, path: str, building: Path, errors: str) -> None:
         self.path, self.name, self.errors = path, display_name(path), errors
-        if path == STDIN:
+        self.copied = path == STDIN
+        if self.copied:
             self.path = str(building / ".train-from-stdin")
             with open(self.path, "wb") as copy:
                 shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
@@ -147,7 +148,7 @@ class _TrainingText:
             raise DatasetError(f"{self.name}: the file changed while it was being tokenized; run tokenize again")
 
     def remove_copy(self) -> None:
-        if self.name != self.path:
+        if self.copied:
             os.unlink(self.path)
 
 

@@ -283,3 +283,18 @@ def test_tokenizing_streams_the_text_instead_of_holding_it(tmp_path, monkeypatch
         assert summary.splits[0].tokens == 30_000 * 7
     # the lines as a list of str would take about 2.7x the file's size; streaming, a fraction
     assert peak < size / 2, f"peak {peak:,} bytes of Python allocations for a {size:,}-byte file"
+
+
+def test_vocabulary_sizes_the_corpus_cannot_support(cli, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat\nthe dog sat\n", encoding="utf-8")
+    too_small = cli("tokenize", text, "--out", tmp_path / "a", "--vocab-size", "2", expect=2)
+    assert "--vocab-size" in too_small.stderr and "equal to 3" in too_small.stderr and not (tmp_path / "a").exists()
+    # word level: the vocabulary is what the text holds (2 specials + 4 words), with no complaint
+    words = cli("tokenize", text, "--out", tmp_path / "w", "--vocab-size", "1000", "--json")
+    assert json.loads(words.stdout)["vocab_size"] == 6 and words.stderr == ""
+    # sentencepiece: a smaller vocabulary than asked for, and one warning line saying so
+    pieces = cli("tokenize", text, "--out", tmp_path / "b", "--kind", "bpe", "--vocab-size", "5000", "--json")
+    vocab = json.loads(pieces.stdout)["vocab_size"]
+    assert vocab < 5000 and f"supports only {vocab} bpe pieces, not the 5000 asked for" in pieces.stderr
+    assert pieces.stderr.count("\n") == 1

@@ -255,3 +255,19 @@ def test_paths_of_the_wrong_kind_and_datasets_missing_a_split_are_one_line(cli, 
         assert result.stdout == "" and result.stderr.count("\n") == 1, (args, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["broken", "folder"]  # nothing written
+
+
+@pytest.mark.parametrize("options, name", [
+    (["--bptt", "0"], "--bptt"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "-1"], "--lr"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--clip", "-1"], "--clip"),
+    (["--max-time", "0"], "--max-time"),
+    (["--lr-decay", "0.5"], "--lr-decay"),
+])
+def test_out_of_range_training_options_are_usage_errors(cli, word_dataset, tmp_path, options, name):
+    result = cli("train", word_dataset, "--out", tmp_path / "m.pt", *options, expect=2)
+    assert result.stdout == "" and name in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []

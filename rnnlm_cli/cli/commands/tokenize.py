@@ -12,7 +12,7 @@ NAME = "tokenize"
 
 
 def command(
-    train: Annotated[str, typer.Argument(help="Training text, one sentence per line (- for stdin). "
+    train: Annotated[str, typer.Argument(metavar="TRAIN", help="Training text, one sentence per line (- for stdin). "
                                               "The vocabulary is built from this file only.", show_default=False)],
     out: Annotated[str, typer.Option("--out", "-o", help="Dataset directory to write.", show_default=False)],
     valid: Annotated[Optional[str], typer.Option(help="Validation text, encoded with the training vocabulary.")] = None,

@@ -5,6 +5,7 @@
     python bench/presets.py medium --max-hours 5    # stops cleanly at the budget and reports what it reached
     python bench/presets.py medium --max-hours 2 --resume   # continues that run where it stopped
     python bench/presets.py small --compare         # bf16 against fp32, from the two finished runs above
+    python bench/presets.py medium --report         # rewrites the section from the stored run (no training)
 
 Runs `rnnlm train DATA --preset NAME --out checkpoints/ptb-NAME-PRECISION.pt` as one process, then
 `rnnlm eval` on the test split with the stream context (the protocol behind the published numbers).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (a dry run)")
     parser.add_argument("--resume", action="store_true", help="continue the run in checkpoints/ where it stopped")
     parser.add_argument("--compare", action="store_true", help="compare the finished auto and fp32 runs")
+    parser.add_argument("--report", action="store_true", help="rewrite the section from the stored run, no training")
     args = parser.parse_args()
 
     out_dir = ROOT / "checkpoints"
@@ -48,6 +51,14 @@ def main() -> None:
         run_rnnlm("tokenize", args.data / "train.txt", "--valid", args.data / "valid.txt", "--test",
                   args.data / "test.txt", "--out", data_dir, "-q")
     checkpoint = out_dir / f"ptb-{args.preset}-{args.precision}.pt"
+    if args.report:
+        train = load_checkpoint(last_state_path(checkpoint)).train
+        history = train["history"]
+        run = {"history": history, "precision": train["precision"], "epochs": train["epoch"],
+               "stop_reason": "completed" if history[-1]["complete"] and train["epoch"] >= train["config"]["epochs"]
+               else "stopped", "best_valid_ppl": math.exp(train["best_valid_loss"]), "best_epoch": train["best_epoch"]}
+        report(args, checkpoint, run, cumulative_elapsed(history)[-1])
+        return
     options = ["--preset", args.preset, "--precision", args.precision, "--out", checkpoint, "--force", "--json",
                "-q"]
     earlier: list[dict] = []  # validations of earlier segments of a resumed run
@@ -60,36 +71,57 @@ def main() -> None:
         options += ["--epochs", args.epochs]
     seconds, stdout = run_rnnlm("train", data_dir, *options)
     result = json.loads(stdout)
-    # Records of the new segment count wall-clock time from its own start: add the earlier segments' time.
-    offset = earlier[-1]["elapsed_seconds"] if earlier else 0.0
-    for record in result["history"][len(earlier):]:
-        record["elapsed_seconds"] += offset
-    seconds += offset
+    if earlier:  # add the earlier segments' time
+        seconds += cumulative_elapsed(result["history"])[len(earlier) - 1]
+    report(args, checkpoint, result, seconds)
+
+
+def report(args: argparse.Namespace, checkpoint: Path, run: dict, seconds: float) -> None:
+    """Evaluate the best checkpoint on the test split and write the preset's section from the run's records."""
     _, stdout = run_rnnlm("eval", checkpoint, args.data / "test.txt", "--json", "-q")
     test = json.loads(stdout)["total"]
-
+    history = run["history"]
     rows = ["| epoch | lr | train ppl | valid ppl | clipped | tokens/s | elapsed (min) |",
             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for record in result["history"]:
+    for record, since_start in zip(history, cumulative_elapsed(history)):
         epoch = f"{record['epoch']}{'' if record['complete'] else ' (partial)'}"
         rows.append(f"| {epoch} | {record['lr']:.4g} | {record['train_ppl']:.2f} | {record['valid_ppl']:.2f} | "
                     f"{100 * record['clipped_fraction']:.0f}% | {record['tokens_per_second']:,.0f} | "
-                    f"{record['elapsed_seconds'] / 60:.1f} |")
-    resumed = (f"; the run was stopped after epoch {earlier[-1]['epoch']} and continued with --resume, so this "
-               "is the sum of its segments") if earlier else ""
+                    f"{since_start / 60:.1f} |")
+    segments = 1 + sum(after["elapsed_seconds"] < record["elapsed_seconds"]
+                       for record, after in zip(history, history[1:]))
+    how = ("the whole process" if segments == 1 else
+           f"the run was trained in {segments} segments continued with --resume; this is their sum")
+    if args.report:
+        how = (f"{segments} segment(s); the sum of the training processes' own clocks at their last validation, "
+               "without start-up; rebuilt with --report from the stored records")
+    command = (f"python bench/presets.py {args.preset} --precision {args.precision}"
+               f"{f' --max-hours {args.max_hours:g}' if args.max_hours else ''}"
+               f"{f' --epochs {args.epochs}' if args.epochs else ''}{' --resume' if args.resume else ''}"
+               f"{' --report' if args.report else ''}")
     body = "\n\n".join([
-        f"## Preset `{args.preset}`, precision {args.precision} ({result['precision']}) (`bench/presets.py`)",
-        f"Recipe: {PRESET_SOURCES[args.preset]}. Machine: {machine()}. Command: "
-        f"`python bench/presets.py {args.preset} --precision {args.precision}"
-        f"{f' --max-hours {args.max_hours:g}' if args.max_hours else ''}"
-        f"{f' --epochs {args.epochs}' if args.epochs else ''}{' --resume' if args.resume else ''}`.",
+        f"## Preset `{args.preset}`, precision {args.precision} ({run['precision']}) (`bench/presets.py`)",
+        f"Recipe: {PRESET_SOURCES[args.preset]}. Machine: {machine()}. Command: `{command}`.",
         f"**PTB test ppl {test['ppl']:.2f}** (`rnnlm eval`, stream context; {test['tokens']:,} tokens) after "
-        f"{result['epochs']} epochs ({result['stop_reason']}); best validation ppl {result['best_valid_ppl']:.2f} "
-        f"at epoch {result['best_epoch']}; training took **{seconds / 60:.1f} minutes** of wall-clock time "
-        f"(the whole process){resumed}.",
+        f"{run['epochs']} epochs ({run['stop_reason']}); best validation ppl {run['best_valid_ppl']:.2f} "
+        f"at epoch {run['best_epoch']}; training took **{seconds / 60:.1f} minutes** of wall-clock time ({how}).",
         "\n".join(rows),
     ])
     publish(f"preset-{args.preset}-{args.precision}", body, dry_run=bool(args.epochs))
+
+
+def cumulative_elapsed(history: list[dict]) -> list[float]:
+    """Each record's wall-clock seconds since the run began. `rnnlm train` counts ``elapsed_seconds`` from the
+    start of each process, so a resumed segment shows up as a record whose clock went back; the segments before
+    it are added on. (A segment whose first validation comes later than the previous segment's last would go
+    unnoticed; the presets validate every few minutes, well before any segment's end.)"""
+    since_start, base, previous = [], 0.0, 0.0
+    for record in history:
+        if record["elapsed_seconds"] < previous:  # a resumed segment begins
+            base += previous
+        previous = record["elapsed_seconds"]
+        since_start.append(base + previous)
+    return since_start
 
 
 def compare_precisions(preset: str, out_dir: Path, data: Path) -> None:
@@ -105,9 +137,7 @@ def compare_precisions(preset: str, out_dir: Path, data: Path) -> None:
         test_ppl = json.loads(stdout)["total"]["ppl"]
         valid[name] = min(record["valid_ppl"] for record in history)
         speed = statistics.median(record["tokens_per_second"] for record in history)
-        # each resumed segment restarts its clock: add up the segments' last records
-        minutes = sum(record["elapsed_seconds"] for record, after in zip(history, [*history[1:], None])
-                      if after is None or after["elapsed_seconds"] < record["elapsed_seconds"]) / 60
+        minutes = cumulative_elapsed(history)[-1] / 60
         rows.append(f"| {name} ({train['precision']}) | {len(history)} | {valid[name]:.2f} | {test_ppl:.2f} | "
                     f"{speed:,.0f} | {minutes:.1f} |")
     change = 100 * (valid["auto"] - valid["fp32"]) / valid["fp32"]

@@ -200,8 +200,7 @@ class _Trainer:
                 stop_reason = "max_time"
             if improved:
                 save_checkpoint(self._checkpoint(with_state=False), self.out)
-            save_checkpoint(self._checkpoint(with_state=True), last_state_path(self.out))
-            self.last_saved = time.monotonic()
+            self._save_state()
             log.info(_epoch_line(record, config.epochs, improved, time.monotonic() - self.started))
             if self.stop.received is not None and state.epoch < config.epochs:
                 self._stop_on_signal(self.stop.received)  # it came during validation: all is saved already
@@ -272,14 +271,20 @@ class _Trainer:
                     bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
                                     tok_s=f"{speed:,.0f}", lr=f"{state.lr:.3g}", refresh=False)
                 if self._save_due():
-                    save_checkpoint(self._checkpoint(with_state=True), last_state_path(self.out))
-                    self.last_saved = time.monotonic()
+                    self._save_state()
                 if self.stop.received is not None or (deadline is not None and time.monotonic() >= deadline):
                     break
         finally:
             bar.close()
             state.epoch_seconds += time.monotonic() - started
         return state.batch == len(batches)
+
+    def _save_state(self) -> Path:
+        """Write the resumable state (the .last checkpoint) as training stands now; its path."""
+        path = last_state_path(self.out)
+        save_checkpoint(self._checkpoint(with_state=True), path)
+        self.last_saved = time.monotonic()
+        return path
 
     def _save_due(self) -> bool:
         """Whether --save-every asks for the resumable state now (after the step just taken)."""
@@ -290,8 +295,7 @@ class _Trainer:
 
     def _stop_on_signal(self, signum: int) -> None:
         """Save the resumable state where training stands (mid-epoch is fine) and stop with 128 + signal."""
-        last = last_state_path(self.out)
-        save_checkpoint(self._checkpoint(with_state=True), last)
+        last = self._save_state()
         name = signal.Signals(signum).name
         raise TrainingInterrupted(
             f"{name}: stopped after step {self.state.step} (epoch {self.state.epoch + 1}) and saved the state to "

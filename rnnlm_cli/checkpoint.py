@@ -25,7 +25,7 @@ from rnnlm_cli.model import ModelConfig, RNNLanguageModel
 from rnnlm_cli.tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT = "rnnlm-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # 1 -> 2: model_config gained dropout_input, dropout_hidden, dropout_output, variational and
 # word_dropout (training-only, with defaults); train gained precision.
 
@@ -64,7 +64,7 @@ class Checkpoint:
 def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> None:
     """Write atomically: a temporary file in the same folder, flushed, fsynced, then renamed."""
     path = Path(path)
-    payload = {
+    payload = _on_cpu({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_config": checkpoint.model_config.to_dict(),
@@ -73,7 +73,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Non
         "train": checkpoint.train,
         "data": checkpoint.data,
         "versions": checkpoint.versions or current_versions(),
-    }
+    }, {})
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_temporaries(path)
@@ -88,6 +88,25 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Non
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _on_cpu(value: Any, seen: dict[tuple[int, tuple[int, ...]], torch.Tensor]) -> Any:
+    """``value`` with every tensor on the CPU, so that a checkpoint written on any device loads on any other.
+
+    Tensors that share memory (tied weights) stay one tensor in the file.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.device.type == "cpu":
+            return value
+        key = (value.data_ptr(), tuple(value.shape))
+        if key not in seen:
+            seen[key] = value.detach().cpu()
+        return seen[key]
+    if isinstance(value, dict):
+        return {key: _on_cpu(item, seen) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(item, seen) for item in value)
+    return value
 
 
 def _remove_abandoned_temporaries(path: Path) -> None:
@@ -177,6 +196,9 @@ def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
         )
     if version == 1:  # the new model settings take their defaults, which are version 1's behaviour
         raw = {**raw, "format_version": 2}
+    if raw["format_version"] == 2:  # trained in one process
+        train = raw.get("train") or {}
+        raw = {**raw, "format_version": 3, "train": {**train, "processes": 1} if train else train}
     return raw
 
 
@@ -208,6 +230,7 @@ class CheckpointInfo:
     lowercase: bool
     epochs_trained: int
     steps: int
+    processes: int  # data-parallel processes that trained it
     best_valid_ppl: float | None
     best_epoch: int | None
     resumable: bool
@@ -235,6 +258,7 @@ def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
         lowercase=tokenizer.lowercase,
         epochs_trained=int(train.get("epoch", 0)),
         steps=int(train.get("step", 0)),
+        processes=int(train.get("processes", 1)),
         best_valid_ppl=_exp(best_loss),
         best_epoch=train.get("best_epoch"),
         resumable=checkpoint.resumable,

@@ -12,7 +12,7 @@ from typing import Any
 from rnnlm_cli.errors import ConfigError
 from rnnlm_cli.tokenizers import DEFAULT_CHARACTER_COVERAGE, KINDS
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEFAULT_LR = {"sgd": 20.0, "adam": 1e-3, "adamw": 1e-3}
@@ -150,7 +150,7 @@ class TrainConfig:
     patience: int = 5  # stop after this many epochs in a row without improvement; 0 never stops early
     precision: str = "auto"  # auto | fp32 | bf16; auto is bf16 on CUDA and on CPUs with AMX / AVX-512 BF16
     seed: int = 1111
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto (CUDA, then MPS, then the CPU) | cpu | cuda | cuda:N | mps
     max_time: float | None = None  # seconds for this run; stops cleanly with both checkpoints saved
     save_every: str | None = None  # also save the resumable state every N steps ("500") or minutes ("10m")
     valid_fraction: float = 0.05  # of training lines held out when the dataset has no valid split

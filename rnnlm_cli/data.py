@@ -27,7 +27,7 @@ import numpy as np
 
 from rnnlm_cli import __version__
 from rnnlm_cli.config import TokenizeConfig
-from rnnlm_cli.errors import DatasetError, TokenizerError
+from rnnlm_cli.errors import ConfigError, DatasetError, TokenizerError
 from rnnlm_cli.textio import STDIN, ByteTally, check_readable, display_name, iter_lines
 from rnnlm_cli.tokenizers import Tokenizer, tokenizer_from_dict, train_tokenizer
 
@@ -294,20 +294,29 @@ class BPTTBatches:
     Column ``j`` is a contiguous slice of the stream; the hidden state carries from one window to
     the next within a column. Each target's input is the token before it, and the very first token
     is predicted after ``<eos>``, so training sees the same context convention as evaluation. The
-    last ``len(ids) % batch_size`` tokens are left out, as in every BPTT trainer.
+    last ``len(ids) % batch_size`` tokens are left out, as in every BPTT trainer. In data-parallel
+    training each process takes ``shard``: its rank's equal block of the columns.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, eos_id: int) -> None:
-        self.batch_size = batch_size
+    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, eos_id: int,
+                 shard: tuple[int, int] = (0, 1)) -> None:
+        rank, processes = shard
+        if batch_size % processes:
+            raise ConfigError(f"--batch-size {batch_size} does not divide among {processes} processes; each "
+                              f"trains an equal share of the streams, so give a multiple of {processes}")
         self.bptt = bptt
         self.column_length = len(ids) // batch_size
         if self.column_length < 1:
             raise DatasetError(f"{len(ids)} training tokens are too few for a batch size of {batch_size}")
         usable = self.column_length * batch_size
-        self.targets = ids[:usable].reshape(batch_size, self.column_length)
         # the token before each column's first target: <eos> for the stream's start
         starts = np.arange(batch_size) * self.column_length
-        self.first_inputs = np.where(starts > 0, ids[np.maximum(starts - 1, 0)], eos_id).astype(np.int64)
+        first_inputs = np.where(starts > 0, ids[np.maximum(starts - 1, 0)], eos_id).astype(np.int64)
+        # with several processes (shard = (rank, processes)) this one keeps its own block of columns
+        self.batch_size = batch_size // processes  # the rows of each batch this process trains on
+        rows = slice(rank * self.batch_size, (rank + 1) * self.batch_size)
+        self.targets = ids[:usable].reshape(batch_size, self.column_length)[rows]
+        self.first_inputs = first_inputs[rows]
 
     def __len__(self) -> int:
         return math.ceil(self.column_length / self.bptt)
@@ -335,3 +344,16 @@ class BPTTBatches:
 def line_ends(ids: np.ndarray, eos_id: int) -> np.ndarray:
     """Positions just after each end-of-sentence id: where each line of the stream ends."""
     return np.flatnonzero(np.asarray(ids) == eos_id) + 1
+
+
+def stream_share(ids: np.ndarray, eos_id: int, shard: tuple[int, int]) -> np.ndarray:
+    """Process ``rank``'s contiguous share of a token stream, for ``shard = (rank, processes)``: about
+    ``len(ids) / processes`` tokens, cut at line ends so that every share starts a line."""
+    rank, processes = shard
+    ends = line_ends(ids, eos_id)
+    cuts = [0]
+    for aim in np.linspace(0, len(ids), processes + 1)[1:-1]:
+        at = np.searchsorted(ends, aim)
+        cuts.append(max(cuts[-1], int(ends[at]) if at < len(ends) else len(ids)))
+    cuts.append(len(ids))
+    return ids[cuts[rank] : cuts[rank + 1]]

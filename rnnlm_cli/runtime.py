@@ -11,16 +11,31 @@ from rnnlm_cli.errors import ConfigError, RnnlmError
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when one is present, else the CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; a device that is asked for but absent is an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RnnlmError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
-        return torch.device(name)
+            raise RnnlmError(f"--device {name} was asked for, but PyTorch sees no CUDA GPU here (try --device auto)")
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RnnlmError(f"--device {name} was asked for, but PyTorch sees only {torch.cuda.device_count()} "
+                             f"CUDA GPU(s) here (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+        return device
+    if name == "mps":
+        if not mps_available():
+            raise RnnlmError("--device mps was asked for, but PyTorch sees no Apple GPU (MPS) here (try --device auto)")
+        return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
     raise ConfigError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
 
 
 def seed_everything(seed: int) -> None:
@@ -43,12 +58,14 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """``auto`` is bf16 on CUDA GPUs that support it and on CPUs with native bf16, else fp32."""
+    """``auto`` is bf16 on CUDA GPUs that support it and on CPUs with native bf16, else fp32 (MPS included)."""
     if requested != "auto":
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
 
 
 def autocast(device: torch.device, precision: str):

@@ -11,6 +11,13 @@ Learning-rate schedules:
 - ``epoch`` (Zaremba et al.): full rate for ``decay_start`` epochs, then divided by ``lr_decay`` every epoch;
 - ``cosine``: linear warm-up over ``warmup_steps``, then a cosine from the full rate down to 0 at the
   last step (the usual choice with Adam).
+
+Started by ``torchrun`` with several processes, training is data-parallel (DistributedDataParallel,
+gloo on CPUs, NCCL on GPUs): ``batch_size`` is the global batch and each process trains on its own
+block of ``batch_size / processes`` streams; gradients are averaged, so the updates are those of one
+process with the whole batch. Each process validates on its own line-aligned share of the validation
+text (starting from a fresh state there) and the sums are reduced. Decisions to save or stop are taken
+by all processes together after every step; rank 0 alone writes checkpoints, metrics and progress.
 """
 
 from __future__ import annotations
@@ -28,14 +35,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from rnnlm_cli import distributed
 from rnnlm_cli.checkpoint import Checkpoint, current_versions, load_checkpoint, save_checkpoint
 from rnnlm_cli.config import TrainConfig, save_interval
-from rnnlm_cli.data import BPTTBatches, Dataset, line_ends
+from rnnlm_cli.data import BPTTBatches, Dataset, line_ends, stream_share
 from rnnlm_cli.errors import CheckpointError, ConfigError, DatasetError, TrainingError, TrainingInterrupted
 from rnnlm_cli.evaluate import score_stream
-from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden
+from rnnlm_cli.model import Hidden, ModelConfig, RNNLanguageModel, detach_hidden
 from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, seed_everything
 
 log = logging.getLogger(__name__)
@@ -133,7 +143,10 @@ class _Progress:
 
 def train(config: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> TrainResult:
     """Train (or continue training) a model on ``config.dataset``; see the module docstring."""
-    return _Trainer(config, resume, progress).run()
+    try:
+        return _Trainer(config, resume, progress).run()
+    finally:
+        distributed.stop()
 
 
 class _Trainer:
@@ -142,8 +155,9 @@ class _Trainer:
         self.config = config
         if resume is None:
             _check_new_output(Path(config.out), config.force)
-        self.progress = progress
-        self.device = resolve_device(config.device)
+        self.world = distributed.world_from_env()
+        self.progress = progress and self.world.is_main
+        self.device = _training_device(config.device, self.world)
         self.precision = resolve_precision(config.precision, self.device)
         keep_freed_memory()
         seed_everything(config.seed)
@@ -151,11 +165,15 @@ class _Trainer:
         self.tokenizer = self.dataset.tokenizer
         train_ids, self.valid_ids, self.validation_source = _training_and_validation(
             self.dataset, config.valid_fraction)
-        self.batches = BPTTBatches(train_ids, config.batch_size, config.bptt, self.tokenizer.eos_id)
+        self.batches = BPTTBatches(train_ids, config.batch_size, config.bptt, self.tokenizer.eos_id,
+                                   shard=(self.world.rank, self.world.size))
         self.model = RNNLanguageModel(ModelConfig(self.tokenizer.vocab_size, **config.architecture())).to(self.device)
+        if self.world.rank:
+            torch.manual_seed(config.seed + self.world.rank)  # its own dropout masks; the weights come from rank 0
         self.optimizer = _make_optimizer(config, self.model)
         self.state = _Progress(lr=config.lr)
-        self.hidden = None
+        self.hidden: Hidden | None = None
+        self.stopping = 0  # why the last epoch stopped early: 1 for --max-time, else the signal's number
         self.out = Path(config.out)
         self.metrics = metrics_path(self.out)
         self.save_steps, self.save_seconds = save_interval(config.save_every) if config.save_every else (None, None)
@@ -164,14 +182,22 @@ class _Trainer:
         if resume is not None:
             self._restore(resume_path(resume))
             log.info("resuming %s at epoch %d, step %d", resume, self.state.epoch + 1, self.state.step)
-        else:
+        elif self.world.is_main:
             self.metrics.unlink(missing_ok=True)
+        self.step_module: nn.Module = _LossStep(self.model)
+        if self.world.active:
+            distributed.start(self.world, self.device.type)
+            # one process's gradients, averaged over all of them during the backward pass
+            self.step_module = DistributedDataParallel(
+                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.data_record = {"dataset": str(Path(config.dataset).resolve()), "splits": self.dataset.fingerprints(),
                             "validation": self.validation_source}
-        log.info("training %s on %s in %s (%s); %d batches of %d x %d tokens per epoch",
+        log.info("training %s on %s in %s (%s); %d batches of %d x %d tokens per epoch%s",
                  _describe(self.model), self.device, self.precision,
                  f"preset {config.preset}" if config.preset else "no preset", len(self.batches),
-                 config.batch_size, config.bptt)
+                 config.batch_size, config.bptt,
+                 f", on {self.world.size} processes with {self.batches.batch_size} streams each"
+                 if self.world.active else "")
 
     def run(self) -> TrainResult:
         with _StopSignals() as self.stop:
@@ -185,8 +211,8 @@ class _Trainer:
             log.info("the run has already trained %d epochs; raise --epochs to train more", state.epoch)
         while state.epoch < config.epochs and stop_reason == "completed":
             finished = self._train_epoch(deadline)
-            if self.stop.received is not None:
-                self._stop_on_signal(self.stop.received)
+            if self.stopping > 1:
+                self._stop_on_signal(self.stopping)
             valid_loss = self._validation_loss()
             record = self._record(valid_loss, finished)
             improved = valid_loss < state.best_valid_loss
@@ -198,12 +224,14 @@ class _Trainer:
                     stop_reason = "early_stop"
             else:
                 stop_reason = "max_time"
-            if improved:
+            if improved and self.world.is_main:
                 save_checkpoint(self._checkpoint(with_state=False), self.out)
             self._save_state()
             log.info(_epoch_line(record, config.epochs, improved, time.monotonic() - self.started))
-            if self.stop.received is not None and state.epoch < config.epochs:
-                self._stop_on_signal(self.stop.received)  # it came during validation: all is saved already
+            if state.epoch < config.epochs:
+                _, _, signum = self._agree(0.0, False, None)
+                if signum > 1:
+                    self._stop_on_signal(signum)  # it came during validation: all is saved already
 
         if stop_reason == "early_stop":
             log.info("early stop: no improvement in validation for %d epochs", state.bad_epochs)
@@ -232,7 +260,7 @@ class _Trainer:
         if config.schedule == "epoch":
             self._set_lr(config.lr / config.lr_decay ** max(0, state.epoch + 1 - config.decay_start))
         if self.hidden is None:
-            self.hidden = model.init_hidden(config.batch_size, self.device)
+            self.hidden = model.init_hidden(batches.batch_size, self.device)
         parameters = [p for p in model.parameters() if p.requires_grad]
         bar = tqdm(total=len(batches), initial=state.batch, desc=f"epoch {state.epoch + 1}/{config.epochs}",
                    unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True,
@@ -244,14 +272,14 @@ class _Trainer:
                     self._set_lr(_cosine_lr(config, state.step, len(batches) * config.epochs))
                 inputs, targets = (t.to(self.device, non_blocking=True) for t in batches[state.batch])
                 with autocast(self.device, self.precision):
-                    features, hidden = model.features(inputs, detach_hidden(self.hidden))  # (B, T, H)
-                    loss = model.loss(features.reshape(-1, features.shape[-1]), targets.reshape(-1))
+                    loss, hidden = self.step_module(inputs, detach_hidden(self.hidden), targets)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                # the global norm is computed (and clipped to --clip) every step: a non-finite one stops training
+                # the global norm is computed (and clipped to --clip) every step: a non-finite one stops training.
+                # It is checked first: it is the same in every process, so all of them stop together.
                 norm = float(torch.nn.utils.clip_grad_norm_(parameters, config.clip if config.clip > 0 else math.inf))
                 loss_value = loss.item()
-                for what, value in (("loss", loss_value), ("gradient norm", norm)):
+                for what, value in (("gradient norm", norm), ("loss", loss_value)):
                     if not math.isfinite(value):
                         kept = f"{self.out} keeps the best model so far; " if self.out.exists() else ""
                         raise TrainingError(f"the training {what} became {value} at step {state.step + 1}, which "
@@ -262,27 +290,47 @@ class _Trainer:
                 state.step += 1
                 state.epoch_steps += 1
                 state.batch += 1
-                state.epoch_loss_sum += loss_value * targets.numel()
-                state.epoch_tokens += targets.numel()
+                loss_sum, save, self.stopping = self._agree(loss_value * targets.numel(), self._save_due(), deadline)
+                state.epoch_loss_sum += loss_sum
+                state.epoch_tokens += targets.numel() * self.world.size
                 bar.update(1)
                 if state.batch % 10 == 0 or state.batch == len(batches):
                     mean = state.epoch_loss_sum / state.epoch_tokens
                     speed = (state.epoch_tokens - tokens_at_start) / max(time.monotonic() - started, 1e-9)
                     bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
                                     tok_s=f"{speed:,.0f}", lr=f"{state.lr:.3g}", refresh=False)
-                if self._save_due():
+                if save:
                     self._save_state()
-                if self.stop.received is not None or (deadline is not None and time.monotonic() >= deadline):
+                if self.stopping:
                     break
         finally:
             bar.close()
             state.epoch_seconds += time.monotonic() - started
         return state.batch == len(batches)
 
+    def _agree(self, loss_sum: float, save_due: bool, deadline: float | None) -> tuple[float, bool, int]:
+        """This step's training loss summed over every process, whether to save the resumable state now, and
+        whether to stop (0: go on, 1: the --max-time budget is spent, else the number of the signal received).
+
+        All processes decide together (one collective per step): a process that saved or stopped alone would
+        leave the others waiting for it in a collective.
+        """
+        received = self.stop.received
+        late = deadline is not None and time.monotonic() >= deadline
+        votes = [loss_sum, float(save_due), float(late), float(received == signal.SIGINT),
+                 float(received == signal.SIGTERM)]
+        if self.world.active:
+            votes = distributed.all_reduce(votes, "sum", self.device)
+        stop = signal.SIGTERM if votes[4] else signal.SIGINT if votes[3] else 1 if votes[2] else 0
+        return votes[0], votes[1] > 0, int(stop)
+
     def _save_state(self) -> Path:
-        """Write the resumable state (the .last checkpoint) as training stands now; its path."""
+        """Write the resumable state (the .last checkpoint) as training stands now; its path.
+        With several processes every one must call this (they pool their states); rank 0 writes."""
         path = last_state_path(self.out)
-        save_checkpoint(self._checkpoint(with_state=True), path)
+        checkpoint = self._checkpoint(with_state=True)
+        if self.world.is_main:
+            save_checkpoint(checkpoint, path)
         self.last_saved = time.monotonic()
         return path
 
@@ -303,11 +351,22 @@ class _Trainer:
 
     def _validation_loss(self) -> float:
         """Mean nll per token over the whole validation stream, exactly as `rnnlm eval --context stream` scores it
-        with ``--precision`` set to the training precision (bf16 scoring is about 1.6x faster on the presets)."""
-        with autocast(self.device, self.precision):
-            nll, _ = score_stream(self.model, torch.from_numpy(np.asarray(self.valid_ids, dtype=np.int64)),
-                                  self.tokenizer.eos_id)
-        loss = float(nll.sum(dtype=torch.float64)) / max(len(nll), 1)
+        with ``--precision`` set to the training precision (bf16 scoring is about 1.6x faster on the presets).
+
+        With several processes each scores its own share of the lines (from a fresh state) and the sums are pooled.
+        """
+        ids = self.valid_ids
+        if self.world.active:
+            ids = stream_share(ids, self.tokenizer.eos_id, (self.world.rank, self.world.size))
+        total, count = 0.0, len(ids)
+        if count:
+            with autocast(self.device, self.precision):
+                nll, _ = score_stream(self.model, torch.from_numpy(np.asarray(ids, dtype=np.int64)),
+                                      self.tokenizer.eos_id)
+            total = float(nll.sum(dtype=torch.float64))
+        if self.world.active:
+            total, count = distributed.all_reduce([total, count], "sum", self.device)
+        loss = total / max(count, 1)
         if not math.isfinite(loss):
             raise TrainingError("the validation loss is not finite; the model diverged (try a lower --lr)")
         return loss
@@ -331,8 +390,9 @@ class _Trainer:
             "clipped_fraction": state.epoch_clipped_steps / max(state.epoch_steps, 1),
         }
         state.history.append(record)
-        with open(self.metrics, "a", encoding="utf-8") as metrics:
-            metrics.write(json.dumps(record) + "\n")
+        if self.world.is_main:
+            with open(self.metrics, "a", encoding="utf-8") as metrics:
+                metrics.write(json.dumps(record) + "\n")
         return record
 
     def _finish_epoch(self, valid_loss: float) -> None:
@@ -364,6 +424,7 @@ class _Trainer:
         record: dict[str, Any] = {
             "config": asdict(self.config),
             "precision": self.precision,
+            "processes": self.world.size,
             "epoch": state.epoch,
             "step": state.step,
             "best_valid_loss": state.best_valid_loss,
@@ -377,14 +438,19 @@ class _Trainer:
                           self.data_record, current_versions())
 
     def _resume_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly. With several processes it is pooled from all of them (a
+        collective): the hidden state of every stream, and each process's random generator."""
         saved = asdict(self.state)
-        saved["optimizer"] = self.optimizer.state_dict()
+        saved["optimizer"] = self.optimizer.state_dict()  # the same in every process
         saved["rng"] = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             saved["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.world.active:
+            saved["rng"]["ranks"] = distributed.gather(torch.get_rng_state())
         if self.hidden is not None:
             parts = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
-            saved["hidden"] = [h.detach().cpu() for h in parts]
+            # (layers, batch, hidden) with every process's streams in order: the state of the whole batch
+            saved["hidden"] = [torch.cat(distributed.gather(h.detach().cpu()), dim=1) for h in parts]
         return saved
 
     def _restore(self, path: Path) -> None:
@@ -408,11 +474,17 @@ class _Trainer:
         if config.lr != checkpoint.train["config"]["lr"]:
             self.state.lr = config.lr  # an explicit --lr on resume restarts the schedule from it
         self._set_lr(self.state.lr)
-        torch.set_rng_state(saved["rng"]["torch"].cpu())
-        if "cuda" in saved["rng"] and self.device.type == "cuda":
+        rank, rows = self.world.rank, self.batches.batch_size
+        generators = saved["rng"].get("ranks") or [saved["rng"]["torch"]]
+        if rank < len(generators):
+            torch.set_rng_state(generators[rank].cpu())
+        else:  # more processes than the run had: a fresh, distinct generator (dropout masks differ from then)
+            torch.manual_seed(config.seed + rank + self.state.step)
+        if "cuda" in saved["rng"] and self.device.type == "cuda" and rank == 0:
             torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), self.device)
-        if saved.get("hidden"):
-            parts = tuple(h.to(self.device) for h in saved["hidden"])
+        if saved.get("hidden") and saved["hidden"][0].shape[1] == config.batch_size:
+            # the whole batch's state was saved; this process continues its own block of streams
+            parts = tuple(h[:, rank * rows : (rank + 1) * rows].to(self.device) for h in saved["hidden"])
             self.hidden = parts if model.config.cell == "lstm" else parts[0]
 
 
@@ -443,6 +515,31 @@ class _StopSignals:
         self._restore()
 
 
+class _LossStep(nn.Module):
+    """One training forward pass (mean loss and the new hidden state) as a module, so that
+    DistributedDataParallel can wrap it; the checkpoint keeps the plain model's weights."""
+
+    def __init__(self, model: RNNLanguageModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Tensor, hidden: Hidden | None, targets: Tensor) -> tuple[Tensor, Hidden]:
+        features, hidden = self.model.features(inputs, hidden)  # (B, T, H)
+        return self.model.loss(features.reshape(-1, features.shape[-1]), targets.reshape(-1)), hidden
+
+
+def _training_device(name: str, world: distributed.World) -> torch.device:
+    """The device to train on; under torchrun with GPUs, each process takes the one of its local rank."""
+    device = resolve_device(name)
+    if world.active and device.type == "cuda":
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"process {world.rank} has LOCAL_RANK {world.local_rank}, but this machine has "
+                              f"{torch.cuda.device_count()} CUDA GPU(s); start at most that many per node")
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
 def _check_new_output(out: Path, force: bool) -> None:
     """A new run writes ``out`` and its .last companion; it replaces an existing run's files only with force."""
     if out.is_dir():
@@ -451,6 +548,10 @@ def _check_new_output(out: Path, force: bool) -> None:
     if existing and not force:
         raise TrainingError(f"{existing[0]}: already exists; add --force to replace it, or continue that run "
                             f"with --resume {out}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrainingError(f"{out}: cannot write there ({error.strerror or error})") from None
 
 
 def _cosine_lr(config: TrainConfig, step: int, total_steps: int) -> float:

@@ -27,7 +27,9 @@ EncodingErrors = choices("EncodingErrors", ENCODING_ERRORS)
 CheckpointArg = Annotated[
     str, typer.Argument(metavar="CKPT", help="Checkpoint file written by `rnnlm train`.", show_default=False)
 ]
-DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when present, else the CPU.")]
+DeviceOpt = Annotated[Device, typer.Option(
+    help="Where to run: auto picks CUDA, then Apple MPS, then the CPU (CUDA_VISIBLE_DEVICES picks the GPU). "
+         "A checkpoint runs on any device, whatever it was trained on.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of a table.")]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr; errors still show.")

@@ -65,7 +65,7 @@ def _tables(info):
         ("parameters", f"{info.parameters:,}"),
         ("tokenizer", f"{info.tokenizer_kind}, {info.vocab_size:,} tokens{', lowercased' if info.lowercase else ''}"),
         ("epochs trained", info.epochs_trained),
-        ("steps", f"{info.steps:,}"),
+        ("steps", f"{info.steps:,}" + (f" (on {info.processes} processes)" if info.processes > 1 else "")),
         ("best valid ppl", f"{output.number(info.best_valid_ppl)} (epoch {info.best_epoch})"
                            if info.best_valid_ppl else "n/a"),
         ("resumable", "yes" if info.resumable else "no (best-model checkpoint; its .last companion resumes)"),

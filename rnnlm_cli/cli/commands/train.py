@@ -8,6 +8,7 @@ import typer
 from rnnlm_cli.cli import output
 from rnnlm_cli.cli.options import Cell, Device, JsonOpt, Optimizer, QuietOpt, choices
 from rnnlm_cli.config import PRESET_SOURCES, PRESETS, SCHEDULES, TRAIN_PRECISIONS, TrainConfig
+from rnnlm_cli.distributed import is_main_process
 from rnnlm_cli.errors import ConfigError
 
 NAME = "train"
@@ -85,7 +86,9 @@ def command(
         "precision", "auto: bf16 autocast on CUDA and on CPUs with AMX or AVX-512 BF16, else fp32. Weights "
                      "and the loss stay fp32 either way.")] = None,
     seed: Annotated[Optional[int], _option("seed", "Random seed; the same seed on CPU gives the same model.")] = None,
-    device: Annotated[Optional[Device], _option("device", "Where to train: auto picks CUDA when present.")] = None,
+    device: Annotated[Optional[Device], _option(
+        "device", "Where to train: auto picks CUDA, then Apple MPS, then the CPU. Under torchrun each process "
+                  "takes the GPU of its LOCAL_RANK.")] = None,
     max_time: Annotated[Optional[float], _option(
         "max_time", "Stop cleanly after this many seconds, both checkpoints saved (continue with --resume).",
         default="no limit", min=0.001)] = None,
@@ -113,10 +116,16 @@ def command(
         rnnlm train data/ptb --out ptb.pt --cell gru --hidden-size 400 --optimizer adam --schedule cosine
 
         rnnlm train data/ptb --resume small.pt --epochs 20
+
+    Data-parallel on 2 processes of one machine (gloo on CPUs, NCCL on GPUs; --batch-size is the
+    global batch, split evenly among the processes):
+
+        torchrun --standalone --nproc-per-node 2 -m rnnlm_cli train data/ptb --out ptb.pt --preset small
     """
     from rnnlm_cli.train import best_checkpoint_path, config_for_resume, train
 
-    output.setup_logging(quiet)
+    main_process = is_main_process()  # under torchrun only rank 0 reports
+    output.setup_logging(quiet or not main_process)
     given = {
         "cell": cell, "layers": layers, "emb_size": emb_size, "hidden_size": hidden_size, "dropout": dropout,
         "dropout_input": dropout_input, "dropout_hidden": dropout_hidden, "dropout_output": dropout_output,
@@ -142,6 +151,8 @@ def command(
         config = TrainConfig.from_preset(preset.value if preset else None, dataset=dataset, out=out, force=force,
                                          **overrides)
     result = train(config, resume=resume, progress=not quiet)
+    if not main_process:
+        return
     if json_output:
         output.print_json(result.to_dict())
     elif not quiet:

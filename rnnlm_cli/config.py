@@ -21,9 +21,14 @@ CONTEXTS = ("stream", "line")
 EVAL_PRECISIONS = ("fp32", "bf16")
 ENCODING_ERRORS = ("strict", "replace")
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+SOFTMAXES = ("full", "adaptive")
+# --softmax adaptive without --cutoffs: these, below the vocabulary size (Grave et al. 2017 used 2000, 10000 on
+# WikiText-2's 33k words; more clusters follow for bigger vocabularies)
+DEFAULT_CUTOFFS = (2000, 10000, 50000, 200000)
 # the model's settings (ModelConfig takes them, with the vocabulary size)
 ARCHITECTURE = ("cell", "emb_size", "hidden_size", "layers", "dropout", "tie_weights", "init_range",
-                "dropout_input", "dropout_hidden", "dropout_output", "variational", "word_dropout")
+                "dropout_input", "dropout_hidden", "dropout_output", "variational", "word_dropout", "softmax",
+                "cutoffs")
 
 # Published recipes for word-level PTB. Zaremba et al. (2014) sum the loss over the bptt steps and
 # use lr 1 with clip 5 (10 for large); rnnlm averages the loss per token, so the same updates are
@@ -74,6 +79,25 @@ def check_architecture(settings: dict[str, Any]) -> None:
             f"--tie-weights needs --emb-size equal to --hidden-size "
             f"(got {settings['emb_size']} and {settings['hidden_size']})"
         )
+    softmax, cutoffs = settings.get("softmax", "full"), settings.get("cutoffs")
+    _choice(softmax, SOFTMAXES, "softmax")
+    if softmax == "full" and cutoffs:
+        raise ConfigError("--cutoffs splits the vocabulary of --softmax adaptive; add --softmax adaptive")
+    if softmax == "adaptive" and settings["tie_weights"]:
+        raise ConfigError("--tie-weights shares the embedding with a full softmax's output matrix; "
+                          "it does not combine with --softmax adaptive")
+    if cutoffs is not None and (not cutoffs or any(not isinstance(c, int) or c < 1 for c in cutoffs)
+                                or list(cutoffs) != sorted(set(cutoffs))):
+        raise ConfigError(f"--cutoffs must be increasing whole numbers above 0, e.g. 2000,10000 (got {cutoffs})")
+
+
+def parse_cutoffs(text: str) -> list[int]:
+    """``--cutoffs 2000,10000`` as [2000, 10000]."""
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ConfigError(f"--cutoffs takes whole numbers separated by commas, e.g. 2000,10000 (got {text!r})"
+                          ) from None
 
 
 def _device(value: str) -> None:
@@ -136,6 +160,8 @@ class TrainConfig:
     dropout_output: float | None = None  # on the top layer's output (None: dropout)
     variational: bool = False  # one dropout mask per sequence, shared across time steps
     word_dropout: float = 0.0  # drop whole words (rows of the embedding matrix) per batch
+    softmax: str = "full"  # full | adaptive (clusters of rarer words behind a small head: big vocabularies)
+    cutoffs: list[int] | None = None  # adaptive: where the frequency-ordered vocabulary is cut (None: automatic)
     optimizer: str = "sgd"  # sgd | adam | adamw
     lr: float | None = None  # None: 20 for sgd, 0.001 for adam(w) (filled in on construction)
     weight_decay: float = 0.0  # L2 penalty (sgd, adam) or decoupled decay (adamw)

@@ -308,7 +308,7 @@ def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int, hi
     The token before ``targets[0]`` is taken to be ``<eos>``: streams start at a line boundary.
     """
     model.eval()
-    device = model.decoder.weight.device
+    device = model.device
     targets = targets.to(device)
     inputs = torch.cat([targets.new_full((1,), eos_id), targets[:-1]])
     pieces = []
@@ -323,7 +323,7 @@ def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int, hi
 def _score_lines_batched(
     model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int
 ) -> list[torch.Tensor]:
-    device = model.decoder.weight.device
+    device = model.device
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]), reverse=True)
     results: list[torch.Tensor | None] = [None] * len(lines)
     for first in range(0, len(order), batch_size):

@@ -114,13 +114,13 @@ def fill(config: FillConfig) -> list[FillResult]:
 def _vocabulary_scores(model: RNNLanguageModel, tokenizer: Tokenizer, left: str, right: str, fillers: list[int],
                        batch_size: int) -> torch.Tensor:
     """Sentence log-probability (float64) with each single-token filler: the left context runs once."""
-    device = model.decoder.weight.device
+    device = model.device
     eos = tokenizer.eos_id
     left_ids, right_ids = tokenizer.encode(left).ids, tokenizer.encode(right).ids
     inputs = torch.tensor([[eos, *left_ids]], device=device)  # (1, L + 1)
     features, hidden = model.features(inputs)  # (1, L + 1, H)
     left_logprob = -model.token_nll(features[0, :-1], inputs[0, 1:]).double().sum()
-    filler_logprobs = torch.log_softmax(model.decoder(features[0, -1]).float(), dim=-1).double()  # (V,)
+    filler_logprobs = torch.log_softmax(model.logits(features[0, -1]).float(), dim=-1).double()  # (V,)
     right_targets = torch.tensor([*right_ids, eos], device=device)  # (R + 1,)
     pieces = []
     for start in range(0, len(fillers), batch_size):

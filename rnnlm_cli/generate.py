@@ -157,14 +157,14 @@ def _prompt_states(model: RNNLanguageModel, eos_id: int, prompts: list[list[int]
 
     Every prompt is read after ``<eos>``, as a line is; prompts of different lengths run as one packed batch.
     """
-    device = model.decoder.weight.device
+    device = model.device
     lengths = torch.tensor([1 + len(ids) for ids in prompts])
     padded = torch.full((len(prompts), int(lengths.max())), eos_id, dtype=torch.long)  # (P, T)
     for row, ids in enumerate(prompts):
         padded[row, 1 : 1 + len(ids)] = torch.tensor(ids, dtype=torch.long)
     top, hidden = model.last_states(padded.to(device), lengths)  # (P, H)
     rows = torch.arange(len(prompts), device=device).repeat_interleave(repeat)
-    return model.decoder(top).index_select(0, rows), select_rows(hidden, rows)
+    return model.logits(top).index_select(0, rows), select_rows(hidden, rows)
 
 
 class _TextWatcher:

@@ -1,9 +1,14 @@
-"""The RNN language model: Embedding -> recurrent layers -> Affine -> Softmax.
+"""The RNN language model: Embedding -> recurrent layers -> Affine -> Softmax (full or adaptive).
 
 Knows nothing of files, tokenizers or the CLI. ``ModelConfig`` is the only way to build a model.
 Inference runs the recurrent layers as one fused ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` call;
 training runs them layer by layer so that every dropout variant fits between them, and on CPUs
 trains LSTMs with the GEMM-batched layer of ``lstm_cpu`` (same weights, same math).
+
+The output layer is a full softmax over the vocabulary, or an adaptive softmax (Grave et al. 2017,
+``nn.AdaptiveLogSoftmaxWithLoss``): the most frequent words and one entry per cluster in a head, the
+rarer words in clusters behind smaller projections, so most tokens cost a product with a few thousand
+rows instead of the whole vocabulary. It relies on ids ordered by frequency, which the tokenizers give.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlm_cli.config import check_architecture
+from rnnlm_cli.config import DEFAULT_CUTOFFS, check_architecture
 from rnnlm_cli.errors import ConfigError
 from rnnlm_cli.lstm_cpu import lstm_layer
 from rnnlm_cli.output_loss import linear_cross_entropy
@@ -27,6 +32,8 @@ Hidden = Union[Tensor, tuple[Tensor, Tensor]]
 # 86 ms, oneDNN bf16 107 ms (lstm_cpu fp32 208 ms); 200 units x 20 steps: lstm_cpu bf16 13.7 ms,
 # oneDNN bf16 6.0 ms, oneDNN fp32 7.3 ms.
 CPU_LSTM_KERNEL_MIN_HIDDEN = 512
+# adaptive softmax: cluster i (from 1) projects the hidden state to hidden_size / ADAPTIVE_DIV**i units
+ADAPTIVE_DIV = 4
 
 
 @dataclass
@@ -44,11 +51,24 @@ class ModelConfig:
     dropout_output: float | None = None  # on the top layer's output (None: dropout)
     variational: bool = False  # one dropout mask per sequence, shared across time steps ("locked")
     word_dropout: float = 0.0  # drop whole words: zero random rows of the embedding matrix per batch
+    softmax: str = "full"  # full | adaptive
+    cutoffs: list[int] | None = None  # adaptive: ids below cutoffs[0] in the head, then one cluster per range
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1:
             raise ConfigError(f"the vocabulary size must be at least 1, not {self.vocab_size}")
+        if self.softmax == "adaptive" and self.cutoffs is None:
+            self.cutoffs = [c for c in DEFAULT_CUTOFFS if c < self.vocab_size - 1] or [max(1, self.vocab_size // 2)]
+        if self.cutoffs is not None:
+            self.cutoffs = list(self.cutoffs)
         check_architecture(self.to_dict())
+        if self.cutoffs and self.cutoffs[-1] >= self.vocab_size:
+            raise ConfigError(f"--cutoffs must stay below the vocabulary size ({self.vocab_size}); "
+                              f"got {', '.join(map(str, self.cutoffs))}")
+        if self.cutoffs and self.hidden_size // ADAPTIVE_DIV ** len(self.cutoffs) < 1:
+            raise ConfigError(f"--hidden-size {self.hidden_size} is too small for {len(self.cutoffs)} adaptive "
+                              f"softmax clusters (cluster i projects to hidden-size / {ADAPTIVE_DIV}^i units); "
+                              f"give fewer --cutoffs or a bigger model")
 
     def dropouts(self) -> tuple[float, float, float]:
         """(input, hidden, output) dropout probabilities."""
@@ -79,7 +99,12 @@ class RNNLanguageModel(nn.Module):
         self.rnn: nn.RNNBase = rnn_class(config.emb_size, config.hidden_size, config.layers, **extra)
         # the fused call's own dropout between layers (set here: the constructor warns for one layer)
         self.rnn.dropout = config.dropouts()[1] if config.layers > 1 else 0.0
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.decoder: nn.Module
+        if config.softmax == "adaptive":
+            self.decoder = nn.AdaptiveLogSoftmaxWithLoss(config.hidden_size, config.vocab_size, config.cutoffs,
+                                                         div_value=float(ADAPTIVE_DIV))
+        else:
+            self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
         if config.tie_weights:
             self.decoder.weight = self.embedding.weight
         self.reset_parameters()
@@ -88,13 +113,20 @@ class RNNLanguageModel(nn.Module):
     def reset_parameters(self) -> None:
         r = self.config.init_range
         nn.init.uniform_(self.embedding.weight, -r, r)
+        if self.config.softmax == "adaptive":
+            self.decoder.reset_parameters()  # PyTorch's own initialisation of the head and cluster projections
+            return
         nn.init.zeros_(self.decoder.bias)
         if not self.config.tie_weights:
             nn.init.uniform_(self.decoder.weight, -r, r)
 
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
     def init_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
         shape = (self.config.layers, batch_size, self.config.hidden_size)
-        zeros = torch.zeros(shape, device=device or self.decoder.weight.device)
+        zeros = torch.zeros(shape, device=device or self.device)
         return (zeros, zeros.clone()) if self.config.cell == "lstm" else zeros
 
     def features(self, ids: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
@@ -127,13 +159,26 @@ class RNNLanguageModel(nn.Module):
     def forward(self, ids: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
         """Logits for the next token at every position, (B, T, V), and the new hidden state."""
         output, hidden = self.features(ids, hidden)
-        return self.decoder(output), hidden
+        return self.logits(output), hidden
+
+    def logits(self, features: Tensor) -> Tensor:
+        """Next-token logits (..., V) from top-layer features (..., H): softmax of them gives the probabilities.
+        The adaptive softmax gives its log-probabilities (fp32), which are logits of the same distribution."""
+        if self.config.softmax == "adaptive":
+            with _fp32(features):
+                flat = features.reshape(-1, features.shape[-1]).float()
+                return self.decoder.log_prob(flat).view(*features.shape[:-1], -1)
+        return self.decoder(features)
 
     def loss(self, features: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy (fp32) of the next-token predictions from top-layer features (N, H), for training.
 
-        On CPUs the output layer and the loss run as one step (``output_loss``), in the autocast dtype.
+        On CPUs the full softmax and the loss run as one step (``output_loss``), in the autocast dtype. The
+        adaptive softmax computes only the head and the clusters that hold targets.
         """
+        if self.config.softmax == "adaptive":
+            with _fp32(features):
+                return self.decoder(features.float(), targets).loss
         if features.device.type == "cpu":
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
             return linear_cross_entropy(features, self.decoder.weight, self.decoder.bias, targets, dtype)
@@ -144,10 +189,13 @@ class RNNLanguageModel(nn.Module):
 
         features: (N, H); targets: (N,). Chunking bounds the memory of an N x vocab_size logit matrix.
         """
-        pieces = [
-            F.cross_entropy(self.decoder(part).float(), target, reduction="none")
-            for part, target in zip(features.split(chunk_size), targets.split(chunk_size))
-        ]
+        if self.config.softmax == "adaptive":
+            with _fp32(features):
+                pieces = [-self.decoder(part.float(), target).output
+                          for part, target in zip(features.split(chunk_size), targets.split(chunk_size))]
+        else:
+            pieces = [F.cross_entropy(self.decoder(part).float(), target, reduction="none")
+                      for part, target in zip(features.split(chunk_size), targets.split(chunk_size))]
         return torch.cat(pieces) if pieces else features.new_zeros(0)
 
     def parameter_count(self) -> int:
@@ -198,6 +246,12 @@ class RNNLanguageModel(nn.Module):
             extra = {"nonlinearity": self.rnn.nonlinearity} if rnn_class is nn.RNN else {}
             self._single_layers[layer] = rnn_class(size, self.config.hidden_size, 1, device="meta", **extra)
         return self._single_layers[layer]
+
+
+def _fp32(like: Tensor) -> torch.autocast:
+    """Autocast off: PyTorch's adaptive softmax mixes dtypes under CPU autocast (its bf16 cluster scores cannot
+    be copied into its fp32 output), and its small products cost little in fp32."""
+    return torch.autocast(like.device.type, enabled=False)
 
 
 def _keep_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:

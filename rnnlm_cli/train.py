@@ -51,7 +51,8 @@ from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_device, resol
 log = logging.getLogger(__name__)
 
 # settings that shape the weights and the optimizer state; a resumed run cannot change them
-FIXED_ON_RESUME = ("cell", "emb_size", "hidden_size", "layers", "tie_weights", "init_range", "optimizer")
+FIXED_ON_RESUME = ("cell", "emb_size", "hidden_size", "layers", "tie_weights", "init_range", "softmax", "cutoffs",
+                   "optimizer")
 # settings of one invocation, not of the run: a resumed run starts from their defaults
 PER_INVOCATION = ("max_time", "device", "force")
 
@@ -188,8 +189,10 @@ class _Trainer:
         if self.world.active:
             distributed.start(self.world, self.device.type)
             # one process's gradients, averaged over all of them during the backward pass
+            # (a batch without targets in one of the adaptive softmax's clusters leaves that cluster unused)
             self.step_module = DistributedDataParallel(
-                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.model.config.softmax == "adaptive")
         self.data_record = {"dataset": str(Path(config.dataset).resolve()), "splits": self.dataset.fingerprints(),
                             "validation": self.validation_source}
         log.info("training %s on %s in %s (%s); %d batches of %d x %d tokens per epoch%s",
@@ -465,8 +468,9 @@ class _Trainer:
         if trained_on != dataset.split_info("train")["sha256"]:
             raise CheckpointError(f"{path}: was trained on different text than {dataset.directory}'s train split")
         stored = {**checkpoint.model_config.to_dict(), "optimizer": checkpoint.train["config"]["optimizer"]}
-        changed = [name for name in FIXED_ON_RESUME if stored[name] != getattr(config, name)]
-        if changed or stored["vocab_size"] != dataset.tokenizer.vocab_size:
+        current = {**model.config.to_dict(), "optimizer": config.optimizer}  # automatic cutoffs resolved
+        changed = [name for name in FIXED_ON_RESUME if stored[name] != current[name]]
+        if changed or stored["vocab_size"] != current["vocab_size"]:
             raise CheckpointError(f"{path}: its settings differ from this run's ({', '.join(changed) or 'vocab_size'})")
         model.load_state_dict(checkpoint.model_state)
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -584,8 +588,10 @@ def _make_optimizer(config: TrainConfig, model: RNNLanguageModel) -> torch.optim
 
 def _describe(model: RNNLanguageModel) -> str:
     config = model.config
+    softmax = f", adaptive softmax (cutoffs {', '.join(map(str, config.cutoffs or []))})" \
+        if config.softmax == "adaptive" else ""
     return (f"a {config.layers} x {config.hidden_size} {config.cell}{' (tied)' if config.tie_weights else ''} "
-            f"with {model.parameter_count():,} parameters")
+            f"with {model.parameter_count():,} parameters{softmax}")
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, improved: bool, elapsed: float) -> str:

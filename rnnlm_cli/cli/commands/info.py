@@ -61,7 +61,9 @@ def _tables(info):
     model = info.model_config
     yield key_values(f"{info.path} (format version {info.format_version})", [
         ("model", f"{model['layers']} x {model['hidden_size']} {model['cell']}, embedding {model['emb_size']}"
-                  f"{', tied' if model['tie_weights'] else ''}, dropout {model['dropout']}"),
+                  f"{', tied' if model['tie_weights'] else ''}, dropout {model['dropout']}"
+                  + (f", adaptive softmax (cutoffs {', '.join(map(str, model['cutoffs']))})"
+                     if model.get("softmax") == "adaptive" else "")),
         ("parameters", f"{info.parameters:,}"),
         ("tokenizer", f"{info.tokenizer_kind}, {info.vocab_size:,} tokens{', lowercased' if info.lowercase else ''}"),
         ("epochs trained", info.epochs_trained),

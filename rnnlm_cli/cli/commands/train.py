@@ -7,7 +7,8 @@ import typer
 
 from rnnlm_cli.cli import output
 from rnnlm_cli.cli.options import Cell, Device, JsonOpt, Optimizer, QuietOpt, choices
-from rnnlm_cli.config import PRESET_SOURCES, PRESETS, SCHEDULES, TRAIN_PRECISIONS, TrainConfig
+from rnnlm_cli.config import (PRESET_SOURCES, PRESETS, SCHEDULES, SOFTMAXES, TRAIN_PRECISIONS, TrainConfig,
+                              parse_cutoffs)
 from rnnlm_cli.distributed import is_main_process
 from rnnlm_cli.errors import ConfigError
 
@@ -16,6 +17,7 @@ _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConf
 Preset = choices("Preset", tuple(PRESETS))
 Schedule = choices("Schedule", SCHEDULES)
 Precision = choices("Precision", TRAIN_PRECISIONS)
+Softmax = choices("Softmax", SOFTMAXES)
 _PRESET_HELP = "; ".join(f"{name}: {source}" for name, source in PRESET_SOURCES.items())
 
 
@@ -61,6 +63,13 @@ def command(
     tie_weights: Annotated[Optional[bool], _option(
         "tie_weights", "Share the input embedding and output matrices (needs --emb-size = --hidden-size).",
         "--tie-weights/--no-tie-weights", default="no")] = None,
+    softmax: Annotated[Optional[Softmax], _option(
+        "softmax", "Output layer. full: one softmax over the vocabulary; adaptive: frequent words in a small head, "
+                   "rarer ones in clusters behind smaller projections (much faster for big vocabularies).")] = None,
+    cutoffs: Annotated[Optional[str], _option(
+        "cutoffs", "Adaptive softmax: where the frequency-ordered vocabulary is cut into head and clusters, e.g. "
+                   "2000,10000.", default="2000,10000,50000,200000 below the vocabulary size",
+        metavar="N,N,...")] = None,
     bptt: Annotated[Optional[int], _option("bptt", "Time steps per truncated back-propagation window.", min=1)] = None,
     batch_size: Annotated[Optional[int], _option("batch_size", "Parallel streams per batch.", min=1)] = None,
     optimizer: Annotated[Optional[Optimizer], _option("optimizer", "Optimizer.")] = None,
@@ -117,6 +126,8 @@ def command(
 
         rnnlm train data/ptb --resume small.pt --epochs 20
 
+        rnnlm train data/wikitext-2 --out wt2.pt --softmax adaptive --cutoffs 2000,10000
+
     Data-parallel on 2 processes of one machine (gloo on CPUs, NCCL on GPUs; --batch-size is the
     global batch, split evenly among the processes):
 
@@ -129,7 +140,8 @@ def command(
     given = {
         "cell": cell, "layers": layers, "emb_size": emb_size, "hidden_size": hidden_size, "dropout": dropout,
         "dropout_input": dropout_input, "dropout_hidden": dropout_hidden, "dropout_output": dropout_output,
-        "variational": variational, "word_dropout": word_dropout, "tie_weights": tie_weights, "bptt": bptt,
+        "variational": variational, "word_dropout": word_dropout, "tie_weights": tie_weights, "softmax": softmax,
+        "cutoffs": parse_cutoffs(cutoffs) if cutoffs is not None else None, "bptt": bptt,
         "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "clip": clip,
         "epochs": epochs, "schedule": schedule, "lr_decay": lr_decay, "decay_start": decay_start,
         "warmup_steps": warmup_steps, "patience": patience, "precision": precision, "seed": seed,

@@ -1,3 +1,4 @@
 from rnnlm_cli.cli.app import main
 
-main()
+if __name__ == "__main__":  # worker processes (tokenize --jobs) import this module without running the CLI
+    main()

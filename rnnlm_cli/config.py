@@ -118,9 +118,12 @@ class TokenizeConfig:
     character_coverage: float = DEFAULT_CHARACTER_COVERAGE  # bpe/unigram: share of characters kept whole
     force: bool = False  # replace a dataset already in ``out`` (only once the new one is complete)
     encoding_errors: str = "strict"  # strict: invalid UTF-8 is an error naming the line; replace: U+FFFD
+    jobs: int | None = None  # processes that encode text (None: one per CPU core, at most 8)
 
     def __post_init__(self) -> None:
         _choice(self.kind, KINDS, "tokenizer kind")
+        if self.jobs is not None and self.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, not {self.jobs}")
         _choice(self.encoding_errors, ENCODING_ERRORS, "--encoding-errors mode")
         if not 0 < self.character_coverage <= 1:
             raise ConfigError("--character-coverage must be in (0, 1]")

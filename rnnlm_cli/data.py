@@ -14,12 +14,16 @@ from __future__ import annotations
 import base64
 import json
 import math
+import multiprocessing
 import os
 import shutil
+import signal
 import sys
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ SPLITS = ("train", "valid", "test")
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
 _ENCODE_CHUNK_LINES = 10_000
+MAX_DEFAULT_JOBS = 8
 
 
 @dataclass
@@ -101,8 +106,9 @@ def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
             config.kind, train.lines(), config.vocab_size, config.min_freq, config.lowercase,
             config.character_coverage,
         )
+        jobs = config.jobs or min(os.cpu_count() or 1, MAX_DEFAULT_JOBS)
         summary = _write_dataset(building, tokenizer, id_dtype(tokenizer.vocab_size), sources, train,
-                                 config.encoding_errors)
+                                 config.encoding_errors, jobs)
         summary.directory = str(out)
         _move_into_place(building, out)
     except BaseException:
@@ -153,14 +159,14 @@ class _TrainingText:
 
 
 def _write_dataset(directory: Path, tokenizer: Tokenizer, dtype: np.dtype, sources: dict[str, str],
-                   train: _TrainingText, errors: str) -> DatasetSummary:
+                   train: _TrainingText, errors: str, jobs: int) -> DatasetSummary:
     _write_synced(directory / TOKENIZER_FILE,
                   json.dumps(tokenizer_to_json(tokenizer), ensure_ascii=False).encode())
     summary = DatasetSummary(str(directory), tokenizer.kind, tokenizer.vocab_size, dtype.name)
     for split, source in sources.items():
         tally = ByteTally()
         lines = train.reread(tally) if split == "train" else iter_lines(source, tally, errors)
-        line_count, tokens, oov = _encode_lines(lines, tokenizer, dtype, directory / f"{split}.ids")
+        line_count, tokens, oov = _encode_lines(lines, tokenizer, dtype, directory / f"{split}.ids", jobs)
         if split == "train":
             train.check_unchanged(tally)
             train.remove_copy()
@@ -197,22 +203,74 @@ def _check_output_dir(out: Path, force: bool) -> None:
         raise DatasetError(f"{out}: already holds a dataset; add --force to replace it")
 
 
-def _encode_lines(lines: Iterator[str], tokenizer: Tokenizer, dtype: np.dtype, path: Path) -> tuple[int, int, int]:
+def _encode_lines(lines: Iterator[str], tokenizer: Tokenizer, dtype: np.dtype, path: Path,
+                  jobs: int = 1) -> tuple[int, int, int]:
     """Encode ``lines`` into ``path``, a chunk of lines at a time; (lines, tokens, oov) written."""
     line_count = tokens = oov = 0
     with open(path, "wb") as file:
-        while chunk := list(islice(lines, _ENCODE_CHUNK_LINES)):
-            ids: list[int] = []
-            for encoded in tokenizer.encode_many(chunk):
-                ids.extend(encoded.ids)
-                ids.append(tokenizer.eos_id)
-                oov += encoded.oov
-            np.asarray(ids, dtype=dtype).tofile(file)
-            line_count += len(chunk)
+        for chunk_lines, ids, chunk_oov in _encoded_chunks(lines, tokenizer, dtype, jobs):
+            ids.tofile(file)
+            line_count += chunk_lines
             tokens += len(ids)
+            oov += chunk_oov
         file.flush()
         os.fsync(file.fileno())
     return line_count, tokens, oov
+
+
+def _encoded_chunks(lines: Iterator[str], tokenizer: Tokenizer, dtype: np.dtype,
+                    jobs: int) -> Iterator[tuple[int, np.ndarray, int]]:
+    """(lines, ids with an end-of-sentence id after each line, OOV count) of each chunk of lines, in order.
+
+    Text longer than one chunk is encoded by ``jobs`` worker processes. At most two chunks per worker
+    are in flight, so memory stays bounded however fast the file is read.
+    """
+    chunks = iter(lambda: list(islice(lines, _ENCODE_CHUNK_LINES)), [])
+    head = list(islice(chunks, 2))  # one chunk is encoded here; starting workers would cost more
+    chunks = chain(head, chunks)
+    if len(head) < 2 or jobs <= 1:
+        for chunk in chunks:
+            yield len(chunk), *_encode_chunk(tokenizer, chunk, dtype)
+        return
+    # fork on Linux, as PyTorch's DataLoader does: a spawned worker would re-run the caller's main script
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+    pool = ProcessPoolExecutor(jobs, context, initializer=_start_worker, initargs=(tokenizer.to_dict(),))
+    pending: deque[tuple[int, Future]] = deque()
+    try:
+        for chunk in chunks:
+            pending.append((len(chunk), pool.submit(_encode_in_worker, chunk, dtype)))
+            if len(pending) >= 2 * jobs:
+                count, future = pending.popleft()
+                yield count, *future.result()
+        while pending:
+            count, future = pending.popleft()
+            yield count, *future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _encode_chunk(tokenizer: Tokenizer, chunk: list[str], dtype: np.dtype) -> tuple[np.ndarray, int]:
+    ids: list[int] = []
+    oov = 0
+    for encoded in tokenizer.encode_many(chunk):
+        ids.extend(encoded.ids)
+        ids.append(tokenizer.eos_id)
+        oov += encoded.oov
+    return np.asarray(ids, dtype=dtype), oov
+
+
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _start_worker(tokenizer: dict[str, Any]) -> None:
+    global _worker_tokenizer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
+    _worker_tokenizer = tokenizer_from_dict(tokenizer)
+
+
+def _encode_in_worker(chunk: list[str], dtype: np.dtype) -> tuple[np.ndarray, int]:
+    assert _worker_tokenizer is not None
+    return _encode_chunk(_worker_tokenizer, chunk, dtype)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -255,9 +255,10 @@ def test_a_training_file_that_changes_between_the_two_readings_is_refused(cli, t
     assert list(tmp_path.iterdir()) == [train]  # no dataset, no build directory
 
 
-@pytest.mark.parametrize("kind", ["word", "bpe"])
-def test_tokenizing_streams_the_text_instead_of_holding_it(tmp_path, monkeypatch, kind):
-    """Python's peak allocations while tokenizing stay well below the size of the file: it is never held whole."""
+@pytest.mark.parametrize(("kind", "jobs"), [("word", 1), ("bpe", 1), ("word", 2)])
+def test_tokenizing_streams_the_text_instead_of_holding_it(tmp_path, monkeypatch, kind, jobs):
+    """Python's peak allocations while tokenizing stay well below the size of the file: it is never held whole
+    (with worker processes too: at most two chunks per worker are in flight)."""
     import tracemalloc
 
     import rnnlm_cli.data as data
@@ -268,19 +269,19 @@ def test_tokenizing_streams_the_text_instead_of_holding_it(tmp_path, monkeypatch
     words = [f"w{i}" for i in range(500)]
     train = tmp_path / "train.txt"
     with open(train, "w", encoding="utf-8") as file:
-        for _ in range(30_000):  # short lines: held as a list they would cost more than the file's size
+        for _ in range(60_000):  # short lines: held as a list they would cost more than the file's size
             file.write(" ".join(rng.choice(words, 6)) + "\n")
     size = train.stat().st_size
     tracemalloc.start()
     try:
         summary = data.tokenize_corpus(TokenizeConfig(train=str(train), out=str(tmp_path / "d"), kind=kind,
-                                                      vocab_size=300 if kind == "bpe" else None))
+                                                      vocab_size=300 if kind == "bpe" else None, jobs=jobs))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert summary.splits[0].lines == 30_000
+    assert summary.splits[0].lines == 60_000
     if kind == "word":
-        assert summary.splits[0].tokens == 30_000 * 7
+        assert summary.splits[0].tokens == 60_000 * 7
     # the lines as a list of str would take about 2.7x the file's size; streaming, a fraction
     assert peak < size / 2, f"peak {peak:,} bytes of Python allocations for a {size:,}-byte file"
 
@@ -298,3 +299,23 @@ def test_vocabulary_sizes_the_corpus_cannot_support(cli, tmp_path):
     vocab = json.loads(pieces.stdout)["vocab_size"]
     assert vocab < 5000 and f"supports only {vocab} bpe pieces, not the 5000 asked for" in pieces.stderr
     assert pieces.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("kind", ["word", "unigram"])
+def test_encoding_with_several_processes_writes_the_same_dataset(cli, corpus, tmp_path, monkeypatch, kind):
+    import rnnlm_cli.data as data
+
+    monkeypatch.setattr(data, "_ENCODE_CHUNK_LINES", 40)  # 300 training lines: 8 chunks among the workers
+    options = ["--valid", corpus["valid"], "--kind", kind, "-q"] + (["--vocab-size", "600"] if kind != "word" else [])
+    for jobs in ("1", "2"):
+        cli("tokenize", corpus["train"], "--out", tmp_path / jobs, "--jobs", jobs, *options)
+    for name in ("train.ids", "valid.ids", "tokenizer.json", "meta.json"):
+        one, two = (tmp_path / "1" / name).read_bytes(), (tmp_path / "2" / name).read_bytes()
+        assert one == two if name != "meta.json" else json.loads(one)["splits"] == json.loads(two)["splits"], name
+    assert Dataset(tmp_path / "2").split_info("train")["lines"] == 300
+    # a reading error in a later chunk stops the workers and leaves nothing behind
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(corpus["train"].read_bytes() + b"caf\xe9\n")
+    result = cli("tokenize", bad, "--out", tmp_path / "x", "--jobs", "2", expect=1)
+    assert "line 301" in result.stderr and result.stderr.count("\n") == 1 and not (tmp_path / "x").exists()
+    assert cli("tokenize", bad, "--out", tmp_path / "y", "--jobs", "0", expect=2).stdout == ""

@@ -32,6 +32,10 @@ def command(
         "--force", help="Replace a dataset already in --out (the old one stays until the new one is complete).")
     ] = False,
     encoding_errors: EncodingErrorsOpt = EncodingErrors("strict"),
+    jobs: Annotated[Optional[int], typer.Option(
+        "--jobs", "-j", min=1, show_default=False,
+        help="Processes that encode the text (only text longer than 10,000 lines is split among them). "
+             "[default: one per CPU core, at most 8]")] = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -53,7 +57,7 @@ def command(
     config = TokenizeConfig(train=train, out=out, valid=valid, test=test, kind=kind.value,
                             vocab_size=vocab_size, min_freq=min_freq, lowercase=lowercase,
                             character_coverage=character_coverage, force=force,
-                            encoding_errors=encoding_errors.value)
+                            encoding_errors=encoding_errors.value, jobs=jobs)
     summary = tokenize_corpus(config)
     if json_output:
         output.print_json(summary.to_dict())

@@ -1,17 +1,24 @@
-"""Peak memory of tokenizing and evaluating a big generated corpus: it must not grow with the file.
+"""Peak memory and throughput of tokenizing, training on and evaluating a big generated corpus.
 
-    python bench/memory.py              # 1 GB and 1/16 of it; writes the "memory" section of docs/benchmarks.md
-    python bench/memory.py --mb 64      # a quick look: 64 MB and 4 MB; prints, writes nothing
+    python bench/memory.py                          # 1 GB and 1/16 of it; writes the "memory" section
+    python bench/memory.py --steps tokenize,train   # re-measure some rows; the stored others stay
+    python bench/memory.py --mb 64                  # a quick look: 64 MB and 4 MB; prints, writes nothing
 
 The corpus is generated text: words of a 2,000-word vocabulary drawn with Zipf-like frequencies, lines of
 1 to 40 words. Each measurement is one whole `rnnlm` process; its peak resident set size comes from
-the kernel (``os.wait4``), so everything the process touched counts: Python, torch, sentencepiece.
+the kernel (``os.wait4``: the largest of the process and its worker processes, each counted alone).
 
-- tokenize, word level: the big file as TRAIN (two readings: vocabulary, then encoding);
-- tokenize, unigram (sentencepiece, 8,000 pieces): the same file; sentencepiece trains on a sample of
-  at most 1 million lines and then encodes every line;
+- tokenize, word level: the big file as TRAIN (two readings: vocabulary, then encoding), with a small
+  generated valid split;
+- tokenize, unigram (sentencepiece, 8,000 pieces): the same file, encoded by worker processes
+  (`--jobs`, one per core) and by one process (`--jobs 1`); sentencepiece trains on a sample of at
+  most 1 million lines either way;
+- train: a 2 x 200 LSTM (the default recipe) on the word-level dataset for --train-seconds, reading
+  its BPTT windows from the memory-mapped id file; tokens/s inside the epoch;
 - eval: a 1 x 32 LSTM trained for a minute on a 4 MB sample scores the big file (`--context line`,
   totals only).
+
+Raw figures go to bench/results/memory.json (each row with its time of measurement).
 """
 
 from __future__ import annotations
@@ -70,18 +77,22 @@ def measure(*args: object) -> tuple[float, int, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=1024, help="size of the big file in MiB (default 1024)")
+    parser.add_argument("--steps", default="tokenize,train,eval", help="which rows to measure (comma-separated)")
+    parser.add_argument("--train-seconds", type=float, default=120.0, help="training budget per file")
     parser.add_argument("--work", type=Path, default=None, help="where to write the files (default: a temp dir)")
     args = parser.parse_args()
+    steps = set(args.steps.split(","))
     work = args.work or Path(tempfile.mkdtemp(prefix="rnnlm-memory-"))
     work.mkdir(parents=True, exist_ok=True)
-
-    sample = work / "sample.txt"
-    generate(sample, 4 << 20, seed=1)
-    data = work / "sample-data"
-    measure("tokenize", sample, "--out", data, "--force", "-q")
+    valid = work / "valid.txt"
+    generate(valid, 256 << 10, seed=2)
     model = work / "tiny.pt"
-    measure("train", data, "--out", model, "--layers", "1", "--emb-size", "32", "--hidden-size", "32",
-            "--optimizer", "adam", "--lr", "0.01", "--max-time", "60", "--force", "-q")
+    if "eval" in steps:
+        sample = work / "sample.txt"
+        generate(sample, 4 << 20, seed=1)
+        measure("tokenize", sample, "--out", work / "sample-data", "--force", "-q")
+        measure("train", work / "sample-data", "--out", model, "--layers", "1", "--emb-size", "32",
+                "--hidden-size", "32", "--optimizer", "adam", "--lr", "0.01", "--max-time", "60", "--force", "-q")
 
     rows = []
     for mb in (args.mb // 16, args.mb):
@@ -91,39 +102,79 @@ def main() -> None:
         print(f"generated {big} ({big.stat().st_size:,} bytes, {lines:,} lines) in "
               f"{time.perf_counter() - started:.0f} s", flush=True)
         size = big.stat().st_size
-        for name, command in (
-            ("tokenize --kind word", ["tokenize", big, "--out", work / "d-word", "--force", "--json", "-q"]),
-            ("tokenize --kind unigram", ["tokenize", big, "--kind", "unigram", "--vocab-size", "8000",
-                                         "--out", work / "d-unigram", "--force", "--json", "-q"]),
-            ("eval --context line", ["eval", model, big, "--context", "line", "--json"]),
-        ):
-            seconds, peak, stdout = measure(*command)
-            tokens = (json.loads(stdout)["total"]["tokens"] if command[0] == "eval"
-                      else json.loads(stdout)["splits"][0]["tokens"])
-            rows.append((name, size, lines, tokens, seconds, peak))
-            print(rows[-1], flush=True)
+        words = work / "d-word"
+        commands = []
+        if steps & {"tokenize", "train"}:
+            commands.append(("tokenize --kind word", ["tokenize", big, "--valid", valid, "--out", words, "--force"]))
+        if "tokenize" in steps:
+            for jobs in ("", "1"):
+                commands.append((f"tokenize --kind unigram{' --jobs 1' if jobs else ''}",
+                                 ["tokenize", big, "--kind", "unigram", "--vocab-size", "8000", "--out",
+                                  work / "d-unigram", "--force", *(["--jobs", jobs] if jobs else [])]))
+        if "train" in steps:
+            commands.append(("train (2 x 200 LSTM)", ["train", words, "--out", work / "big.pt", "--max-time",
+                                                      args.train_seconds, "--force"]))
+        if "eval" in steps:
+            commands.append(("eval --context line", ["eval", model, big, "--context", "line"]))
+        for name, command in commands:
+            seconds, peak, stdout = measure(*command, "--json", "-q")
+            result = json.loads(stdout)
+            row = {"name": name, "mb": mb, "size": size, "lines": lines, "seconds": seconds, "peak": peak,
+                   "measured": time.strftime("%Y-%m-%d %H:%M")}
+            if command[0] == "eval":
+                row["tokens"] = result["total"]["tokens"]
+            elif command[0] == "train":
+                history = result["history"]
+                row["tokens"] = int(sum(r["tokens_per_second"] * r["seconds"] for r in history))
+                row["tokens_per_second"] = row["tokens"] / sum(r["seconds"] for r in history)
+            else:
+                row["tokens"] = result["splits"][0]["tokens"]
+            rows.append(row)
+            print(row, flush=True)
         big.unlink()
 
-    table = ["| command | file | lines | tokens | seconds | MB/s | peak RSS |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, size, lines, tokens, seconds, peak in rows:
-        table.append(f"| `rnnlm {name}` | {size / 2**20:,.0f} MiB | {lines:,} | {tokens:,} | {seconds:,.0f} | "
-                     f"{size / 2**20 / seconds:.1f} | {peak / 2**20:,.0f} MiB |")
+    results = Path(__file__).resolve().parent / "results" / "memory.json"
+    if args.mb == 1024:  # the published figures: keep the rows not measured this time
+        measured = {(row["name"], row["mb"]) for row in rows}
+        stored = json.loads(results.read_text()) if results.exists() else []
+        rows = [row for row in stored if (row["name"], row["mb"]) not in measured] + rows
+        results.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    publish("memory", report(rows, args.mb), dry_run=args.mb != 1024)
+
+
+ORDER = ("tokenize --kind word", "tokenize --kind unigram", "tokenize --kind unigram --jobs 1",
+         "train (2 x 200 LSTM)", "eval --context line")
+
+
+def report(rows: list[dict], mb: int) -> str:
+    rows = sorted(rows, key=lambda row: (row["mb"], ORDER.index(row["name"])))
+    table = ["| command | file | lines | tokens | seconds | MB/s | tokens/s | peak RSS | measured |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        training = "tokens_per_second" in row
+        speed = f"{row['tokens_per_second']:,.0f} (in epoch)" if training else f"{row['tokens'] / row['seconds']:,.0f}"
+        throughput = "" if training else f"{row['size'] / 2**20 / row['seconds']:.1f}"
+        table.append(f"| `rnnlm {row['name']}` | {row['size'] / 2**20:,.0f} MiB | {row['lines']:,} | "
+                     f"{row['tokens']:,} | {row['seconds']:,.0f} | {throughput} | {speed} | "
+                     f"{row['peak'] / 2**20:,.0f} MiB | {row['measured']} |")
     peaks: dict[str, list[int]] = {}
-    for name, *_, peak in rows:
-        peaks.setdefault(name, []).append(peak)
-    body = "\n\n".join([
+    for row in rows:
+        peaks.setdefault(row["name"], []).append(row["peak"])
+    growth = ", ".join(f"{values[-1] / values[0]:.2f}x ({name})" for name, values in peaks.items() if len(values) > 1)
+    return "\n\n".join([
         "## Memory on a big corpus (`bench/memory.py`)",
-        f"Machine: {machine()}. Command: `python bench/memory.py --mb {args.mb}`. Generated word-level text "
-        f"({VOCABULARY:,}-word vocabulary, 1-40 words per line); peak RSS of each whole process from the kernel.",
+        f"Machine: {machine()}. Command: `python bench/memory.py --mb {mb}` (rows re-measured with `--steps` "
+        f"carry their own date). Generated word-level text ({VOCABULARY:,}-word vocabulary, 1-40 words per "
+        "line); peak RSS from the kernel: the largest of the process and its workers, each counted alone.",
         "\n".join(table),
-        "Growing the file 16-fold multiplied peak RSS by "
-        + ", ".join(f"{peaks[name][1] / peaks[name][0]:.2f}x ({name})" for name in peaks)
-        + ". Tokenize reads the text a chunk of 10,000 lines at a time (the training file twice: vocabulary, "
-        "then encoding); eval scores a window of lines at a time and keeps running sums. sentencepiece's trainer "
-        "holds the lines it trains on: all of them for the smaller file, a uniform sample of 1,000,000 lines "
-        "for the bigger one, so its memory grows with the file only up to that cap.",
+        f"Growing the file 16-fold multiplied peak RSS by {growth}. Tokenize reads the text a chunk of 10,000 "
+        "lines at a time (the training file twice: vocabulary, then encoding) and encodes the chunks in worker "
+        "processes, at most two per worker in flight; train reads its windows from the memory-mapped id file "
+        "(pages it has read count in RSS while they stay cached; the kernel can drop them at any time); eval "
+        "scores a window of lines at a time and keeps running sums. sentencepiece's trainer holds the lines it "
+        "trains on: all of them for the smaller file, a uniform sample of 1,000,000 lines for the bigger one, "
+        "so its memory grows with the file only up to that cap.",
     ])
-    publish("memory", body, dry_run=args.mb != 1024)
 
 
 if __name__ == "__main__":

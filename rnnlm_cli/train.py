@@ -280,7 +280,7 @@ class _Trainer:
                 loss.backward()
                 # the global norm is computed (and clipped to --clip) every step: a non-finite one stops training.
                 # It is checked first: it is the same in every process, so all of them stop together.
-                norm = float(torch.nn.utils.clip_grad_norm_(parameters, config.clip if config.clip > 0 else math.inf))
+                norm, scale = self._clip(parameters)
                 loss_value = loss.item()
                 for what, value in (("gradient norm", norm), ("loss", loss_value)):
                     if not math.isfinite(value):
@@ -288,7 +288,10 @@ class _Trainer:
                         raise TrainingError(f"the training {what} became {value} at step {state.step + 1}, which "
                                             f"was not applied; {kept}try a lower --lr or a smaller --clip")
                 state.epoch_clipped_steps += int(config.clip > 0 and norm > config.clip)
-                self.optimizer.step()
+                if scale is None:
+                    self.optimizer.step()
+                else:
+                    self._step_with_lr(state.lr * scale)
                 self.hidden = hidden
                 state.step += 1
                 state.epoch_steps += 1
@@ -310,6 +313,27 @@ class _Trainer:
             bar.close()
             state.epoch_seconds += time.monotonic() - started
         return state.batch == len(batches)
+
+    def _clip(self, parameters: list[nn.Parameter]) -> tuple[float, float | None]:
+        """The global gradient norm, clipped to --clip; and for plain SGD the clipping factor instead.
+
+        For SGD without weight decay, clipping the gradients by a factor c is the same update as a step with
+        the learning rate times c; that skips a read and a write of every gradient (measured in
+        docs/benchmarks.md). Other optimizers get their gradients clipped in place.
+        """
+        config = self.config
+        limit = config.clip if config.clip > 0 else math.inf
+        if config.optimizer != "sgd" or config.weight_decay:
+            return float(torch.nn.utils.clip_grad_norm_(parameters, limit)), None
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None]))
+        return norm, min(1.0, limit / (norm + 1e-6))  # clip_grad_norm_'s own factor
+
+    def _step_with_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.state.lr
 
     def _agree(self, loss_sum: float, save_due: bool, deadline: float | None) -> tuple[float, bool, int]:
         """This step's training loss summed over every process, whether to save the resumable state now, and

@@ -271,3 +271,29 @@ def test_out_of_range_training_options_are_usage_errors(cli, word_dataset, tmp_p
     result = cli("train", word_dataset, "--out", tmp_path / "m.pt", *options, expect=2)
     assert result.stdout == "" and name in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sgd_folds_clipping_into_the_learning_rate_without_changing_the_updates(cli, word_dataset, tmp_path,
+                                                                                 monkeypatch):
+    """Plain SGD scales its step instead of the gradients: the same run as clipping the gradients first."""
+    from rnnlm_cli import train as train_module
+
+    common = [*TINY_MODEL, "--epochs", "2", "--lr", "20", "--clip", "0.1", "--precision", "fp32", "--dropout", "0"]
+    folded = cli.json("train", word_dataset, "--out", tmp_path / "a.pt", *common, "-q")
+    original = train_module._Trainer._clip
+
+    def clip_in_place(self, parameters):
+        limit = self.config.clip if self.config.clip > 0 else math.inf
+        return float(torch.nn.utils.clip_grad_norm_(parameters, limit)), None
+
+    monkeypatch.setattr(train_module._Trainer, "_clip", clip_in_place)
+    clipped = cli.json("train", word_dataset, "--out", tmp_path / "b.pt", *common, "-q")
+    monkeypatch.setattr(train_module._Trainer, "_clip", original)
+    assert folded["history"][0]["clipped_fraction"] > 0.5  # the clip was active
+    for a, b in zip(folded["history"], clipped["history"], strict=True):
+        assert a["clipped_fraction"] == b["clipped_fraction"]
+        assert a["valid_ppl"] == pytest.approx(b["valid_ppl"], rel=1e-4)
+    for name, tensor in _weights(tmp_path / "a.last.pt").items():
+        assert torch.allclose(tensor, _weights(tmp_path / "b.last.pt")[name], atol=1e-4), name
+    # the learning rate kept in the state is the schedule's, not the scaled one of the last step
+    assert load_checkpoint(tmp_path / "a.last.pt").train["state"]["optimizer"]["param_groups"][0]["lr"] == 20.0

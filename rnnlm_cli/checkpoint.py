@@ -238,6 +238,7 @@ class CheckpointInfo:
     history: list[dict[str, Any]]
     data: dict[str, Any]
     versions: dict[str, str]
+    gradients: dict[str, list] | None = None  # --log-gradients: "step" and "norm" of every step
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -266,6 +267,8 @@ def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
         history=list(train.get("history") or []),
         data=checkpoint.data,
         versions=checkpoint.versions,
+        gradients={key: values.tolist() for key, values in train["gradients"].items()} if "gradients" in train
+        else None,
     )
 
 

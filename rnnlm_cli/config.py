@@ -185,6 +185,7 @@ class TrainConfig:
     valid_fraction: float = 0.05  # of training lines held out when the dataset has no valid split
     preset: str | None = None  # the recipe the settings started from (see PRESETS)
     force: bool = False  # a new run may replace an existing checkpoint at ``out``
+    log_gradients: bool = False  # record every step's gradient norm and, per validation, a hidden-state probe
 
     def __post_init__(self) -> None:
         check_architecture(self.architecture())

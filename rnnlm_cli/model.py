@@ -198,6 +198,32 @@ class RNNLanguageModel(nn.Module):
                       for part, target in zip(features.split(chunk_size), targets.split(chunk_size))]
         return torch.cat(pieces) if pieces else features.new_zeros(0)
 
+    def hidden_gradient_norms(self, ids: Tensor, targets: Tensor) -> Tensor:
+        """How strongly the loss at the last step of a window reaches back to each earlier hidden state.
+
+        ``ids`` (B, T) are read one step at a time (eval mode, fp32, no dropout); the loss is the mean
+        cross-entropy of the predictions ``targets`` (B,) after the last step. Returns (T - 1,): entry
+        k - 1 is the norm of d loss / d h over all layers and rows for the state that the loss is k steps
+        after (k = 1 ... T - 1). Falling with k is a vanishing gradient; growing is an exploding one. The
+        parameters' gradients are left untouched.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.enable_grad(), torch.autocast(ids.device.type, enabled=False):
+                inputs = self.embedding(ids.t())  # (T, B, E)
+                state: Hidden | None = None
+                states = []
+                for step in range(inputs.shape[0]):
+                    if state is not None:
+                        states.append(state[0] if isinstance(state, tuple) else state)  # h: (layers, B, H)
+                    output, state = self.rnn(inputs[step : step + 1], state)
+                loss = F.cross_entropy(self.logits(output[0]).float(), targets)
+                grads = torch.autograd.grad(loss, states)
+        finally:
+            self.train(was_training)
+        return torch.stack([grad.norm() for grad in reversed(grads)]).detach()
+
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are one parameter
 

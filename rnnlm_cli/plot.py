@@ -1,4 +1,5 @@
-"""A picture of a training run: train and validation perplexity per epoch (needs matplotlib)."""
+"""A picture of a training run: train and validation perplexity per epoch, and with --log-gradients the
+gradient norm per step and the hidden-state gradient probe (needs matplotlib)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 from rnnlm_cli.errors import ConfigError, RnnlmError
 
 
-def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Write the curve to ``path``; the format follows its suffix (.png, .svg, .pdf)."""
+def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "",
+                 gradients: dict[str, list] | None = None, clip: float = 0.0) -> Path:
+    """Write the curve to ``path``; the format follows its suffix (.png, .svg, .pdf). ``gradients`` (the
+    "step" and "norm" lists of --log-gradients) and the history's probes add two panels below it."""
     try:
         import matplotlib
 
@@ -23,7 +26,10 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
     if not history:
         raise RnnlmError("the checkpoint holds no training history to plot")
     epochs = [record["epoch"] for record in history]  # an epoch cut short by --max-time shares its number
-    figure, axes = plt.subplots(figsize=(7, 4.2))
+    probes = [record for record in history if record.get("hidden_gradient_norms")]
+    panels = 1 + bool(gradients) + bool(probes)
+    figure, all_axes = plt.subplots(panels, 1, figsize=(7, 4.2 * panels), squeeze=False)
+    axes = all_axes[0][0]
     axes.plot(epochs, [r["train_ppl"] for r in history], marker="o", label="train")
     axes.plot(epochs, [r["valid_ppl"] for r in history], marker="o", label="validation")
     axes.set_xlabel("epoch")
@@ -33,6 +39,28 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
     axes.legend()
     if title:
         axes.set_title(title)
+    row = 1
+    if gradients:
+        axes = all_axes[row][0]
+        row += 1
+        axes.plot(gradients["step"], gradients["norm"], linewidth=0.6, label="global gradient norm")
+        if clip > 0:
+            axes.axhline(clip, color="red", linestyle="--", linewidth=1, label=f"clip {clip:g}")
+        axes.set_xlabel("step")
+        axes.set_ylabel("gradient norm")
+        axes.set_yscale("log")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend()
+    if probes:
+        axes = all_axes[row][0]
+        for record in probes:
+            norms = record["hidden_gradient_norms"]
+            axes.plot(range(1, len(norms) + 1), norms, label=f"epoch {record['epoch']}")
+        axes.set_xlabel("steps back from the loss")
+        axes.set_ylabel("|d loss / d hidden state|")
+        axes.set_yscale("log")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize="small", ncol=2)
     figure.tight_layout()
     try:
         figure.savefig(path)

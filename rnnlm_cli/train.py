@@ -50,6 +50,10 @@ from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_device, resol
 
 log = logging.getLogger(__name__)
 
+# --log-gradients: the hidden-state probe reads this many steps (and rows) of the validation text
+PROBE_STEPS = 64
+PROBE_ROWS = 4
+
 # settings that shape the weights and the optimizer state; a resumed run cannot change them
 FIXED_ON_RESUME = ("cell", "emb_size", "hidden_size", "layers", "tie_weights", "init_range", "softmax", "cutoffs",
                    "optimizer")
@@ -175,6 +179,8 @@ class _Trainer:
         self.state = _Progress(lr=config.lr)
         self.hidden: Hidden | None = None
         self.stopping = 0  # why the last epoch stopped early: 1 for --max-time, else the signal's number
+        self.gradient_steps: list[int] = []  # with --log-gradients: each step's number and global gradient norm
+        self.gradient_norms: list[float] = []
         self.out = Path(config.out)
         self.metrics = metrics_path(self.out)
         self.save_steps, self.save_seconds = save_interval(config.save_every) if config.save_every else (None, None)
@@ -288,6 +294,9 @@ class _Trainer:
                         raise TrainingError(f"the training {what} became {value} at step {state.step + 1}, which "
                                             f"was not applied; {kept}try a lower --lr or a smaller --clip")
                 state.epoch_clipped_steps += int(config.clip > 0 and norm > config.clip)
+                if config.log_gradients:
+                    self.gradient_steps.append(state.step + 1)
+                    self.gradient_norms.append(norm)
                 if scale is None:
                     self.optimizer.step()
                 else:
@@ -416,11 +425,25 @@ class _Trainer:
             "tokens_per_second": state.epoch_tokens / max(state.epoch_seconds, 1e-9),
             "clipped_fraction": state.epoch_clipped_steps / max(state.epoch_steps, 1),
         }
+        if self.config.log_gradients:
+            record.update(self._gradient_summary())
         state.history.append(record)
         if self.world.is_main:
             with open(self.metrics, "a", encoding="utf-8") as metrics:
                 metrics.write(json.dumps(record) + "\n")
         return record
+
+    def _gradient_summary(self) -> dict[str, Any]:
+        """--log-gradients: this epoch's gradient norms and the hidden-state probe on the validation text."""
+        first = self.state.step - self.state.epoch_steps  # steps after this one belong to the current epoch
+        norms = [norm for step, norm in zip(self.gradient_steps, self.gradient_norms) if step > first]
+        summary: dict[str, Any] = {"gradient_norm_mean": sum(norms) / len(norms) if norms else None,
+                                   "gradient_norm_max": max(norms, default=None)}
+        probe = _probe_window(self.valid_ids)
+        if probe is not None:
+            ids, targets = (torch.from_numpy(t).to(self.device) for t in probe)
+            summary["hidden_gradient_norms"] = self.model.hidden_gradient_norms(ids, targets).tolist()
+        return summary
 
     def _finish_epoch(self, valid_loss: float) -> None:
         """Move to the next epoch; count a bad epoch, and on the plateau schedule divide the rate.
@@ -459,6 +482,9 @@ class _Trainer:
             "history": list(state.history),
             "state": self._resume_state() if with_state else None,
         }
+        if self.gradient_steps:
+            record["gradients"] = {"step": torch.tensor(self.gradient_steps, dtype=torch.int64),
+                                   "norm": torch.tensor(self.gradient_norms, dtype=torch.float32)}
         # state_dict() tensors share storage with the parameters (tied weights stay one tensor);
         # torch.save serialises them before training touches them again
         return Checkpoint(self.model.config, self.model.state_dict(), self.tokenizer.to_dict(), record,
@@ -498,6 +524,9 @@ class _Trainer:
             raise CheckpointError(f"{path}: its settings differ from this run's ({', '.join(changed) or 'vocab_size'})")
         model.load_state_dict(checkpoint.model_state)
         self.optimizer.load_state_dict(saved["optimizer"])
+        if "gradients" in checkpoint.train:
+            self.gradient_steps = checkpoint.train["gradients"]["step"].tolist()
+            self.gradient_norms = checkpoint.train["gradients"]["norm"].tolist()
         self.state = _Progress(**{f.name: saved[f.name] for f in fields(_Progress) if f.name in saved})
         if config.lr != checkpoint.train["config"]["lr"]:
             self.state.lr = config.lr  # an explicit --lr on resume restarts the schedule from it
@@ -566,6 +595,17 @@ def _training_device(name: str, world: distributed.World) -> torch.device:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     return device
+
+
+def _probe_window(valid_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The hidden-state probe's input rows (B, T) and the token after each, from the start of the validation text:
+    PROBE_ROWS rows of PROBE_STEPS tokens, fewer and shorter when the text is short (None under 3 tokens)."""
+    steps = min(PROBE_STEPS, len(valid_ids) - 1)
+    if steps < 2:
+        return None
+    rows = max(1, min(PROBE_ROWS, len(valid_ids) // (steps + 1)))
+    window = np.asarray(valid_ids[: rows * (steps + 1)], dtype=np.int64).reshape(rows, steps + 1)
+    return window[:, :-1], window[:, -1]
 
 
 def _check_new_output(out: Path, force: bool) -> None:

@@ -136,3 +136,21 @@ def test_cpu_lstm_kernel_is_chosen_for_wide_lstms_in_bf16():
     assert not wide._cpu_lstm_kernel(x)  # fp32: oneDNN's fused LSTM is faster
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert wide._cpu_lstm_kernel(x) and not narrow._cpu_lstm_kernel(x) and not gru._cpu_lstm_kernel(x)
+
+
+@pytest.mark.parametrize("gain", [0.5, 2.0])
+def test_hidden_gradient_probe_shows_vanishing_and_exploding_gradients(gain):
+    """With h' = relu(W_ih x + b + gain * h) kept in its linear range, d loss / d h from k steps back is gain^k
+    times that of the last step: the probe must show exactly that ratio from one step to the next."""
+    model = RNNLanguageModel(ModelConfig(20, cell="rnn_relu", emb_size=4, hidden_size=6, layers=1))
+    with torch.no_grad():
+        model.embedding.weight.uniform_(0.1, 0.2)
+        model.rnn.weight_ih_l0.uniform_(0.1, 0.2)
+        model.rnn.bias_ih_l0.fill_(1.0)  # every pre-activation stays positive: relu is the identity here
+        model.rnn.bias_hh_l0.zero_()
+        model.rnn.weight_hh_l0.copy_(gain * torch.eye(6))
+    model.train()
+    norms = model.hidden_gradient_norms(torch.randint(0, 20, (3, 12)), torch.randint(0, 20, (3,)))
+    assert norms.shape == (11,)
+    assert torch.allclose(norms[1:] / norms[:-1], torch.full((10,), gain), rtol=1e-4)
+    assert model.training and all(p.grad is None for p in model.parameters())  # nothing left behind

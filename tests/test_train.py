@@ -297,3 +297,35 @@ def test_sgd_folds_clipping_into_the_learning_rate_without_changing_the_updates(
         assert torch.allclose(tensor, _weights(tmp_path / "b.last.pt")[name], atol=1e-4), name
     # the learning rate kept in the state is the schedule's, not the scaled one of the last step
     assert load_checkpoint(tmp_path / "a.last.pt").train["state"]["optimizer"]["param_groups"][0]["lr"] == 20.0
+
+
+def test_log_gradients_records_every_step_and_a_hidden_state_probe(cli, word_dataset, tmp_path):
+    out = tmp_path / "g.pt"
+    summary = cli.json("train", word_dataset, "--out", out, *TINY_MODEL, "--epochs", "2", "--log-gradients", "-q")
+    gradients = load_checkpoint(out.with_name("g.last.pt")).train["gradients"]
+    assert gradients["step"].tolist() == list(range(1, summary["steps"] + 1))
+    norms = gradients["norm"]
+    first_epoch = summary["history"][0]
+    epoch_norms = norms[: first_epoch["step"]]
+    # the clip rate and the per-epoch figures come from the same per-step norms
+    assert first_epoch["clipped_fraction"] == pytest.approx(float((epoch_norms > 0.25).float().mean()))
+    assert first_epoch["gradient_norm_max"] == pytest.approx(float(epoch_norms.max()))
+    valid_tokens = Dataset(word_dataset).split_info("valid")["tokens"]
+    for record in summary["history"]:
+        probe = record["hidden_gradient_norms"]
+        assert len(probe) == min(64, valid_tokens - 1) - 1 and all(v >= 0 for v in probe)
+        assert probe[0] > probe[-1]  # a tiny LSTM forgets: the gradient fades with distance
+    info = cli("info", out).stdout
+    assert "gradient norm per step" in info and "hidden state k steps earlier" in info
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    else:  # three panels: the curve, the norm per step, the probe
+        cli("info", out, "--plot", tmp_path / "g.svg")
+        assert (tmp_path / "g.svg").read_text().count("steps back from the loss") == 1
+    assert json.loads(cli("info", out, "--json").stdout)["gradients"]["step"][-1] == summary["steps"]
+    # without the flag nothing of it is recorded
+    plain = cli.json("train", word_dataset, "--out", tmp_path / "p.pt", *TINY_MODEL, "--epochs", "1", "-q")
+    assert "hidden_gradient_norms" not in plain["history"][0]
+    assert "gradients" not in load_checkpoint(tmp_path / "p.pt").train

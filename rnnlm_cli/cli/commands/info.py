@@ -16,7 +16,8 @@ def command(
     checkpoint: CheckpointArg,
     plot: Annotated[Optional[str], typer.Option(
         metavar="FILE", show_default=False,
-        help="Also draw the training curve into FILE (.png, .svg or .pdf; needs the `plot` extra, matplotlib).")
+        help="Also draw the training curve into FILE (.png, .svg or .pdf; needs the `plot` extra, matplotlib); "
+             "runs trained with --log-gradients add the gradient charts.")
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -36,7 +37,8 @@ def command(
     if plot is not None:
         from rnnlm_cli.plot import plot_history
 
-        plot_history(info.history, plot, title=str(checkpoint))
+        plot_history(info.history, plot, title=str(checkpoint), gradients=info.gradients,
+                     clip=float(info.train_config.get("clip", 0)))
     if json_output:
         output.print_json(info.to_dict())
         return
@@ -88,6 +90,11 @@ def _tables(info):
         yield table
     if info.history:
         yield _curve(info.history)
+    if info.gradients:
+        yield _step_gradients(info.gradients, float(info.train_config.get("clip", 0)))
+    probes = [record for record in info.history if record.get("hidden_gradient_norms")]
+    if probes:
+        yield _probe_table(probes)
 
 
 def _curve(history):
@@ -111,4 +118,58 @@ def _curve(history):
                       bar(record["train_ppl"], "blue") + "\n" + bar(record["valid_ppl"], "green"),
                       f"{record['lr']:.4g}", f"{100 * record.get('clipped_fraction', 0):.0f}%",
                       output.number(record["seconds"], 1), output.number(record["tokens_per_second"], 0))
+    return table
+
+
+def _log_bar(value: float, low: float, high: float, style: str) -> str:
+    """A bar whose length is ``value`` on a log scale from ``low`` to ``high``."""
+    if value <= 0 or not math.isfinite(value):
+        return ""
+    span = math.log(high) - math.log(low) if high > low > 0 else 0.0
+    filled = 1 + round((BAR_WIDTH - 1) * (math.log(value) - math.log(low)) / span) if span else BAR_WIDTH
+    return f"[{style}]{'━' * max(1, min(BAR_WIDTH, filled))}[/]"
+
+
+def _step_gradients(gradients: dict, clip: float, bins: int = 20):
+    """Global gradient norm over the run (--log-gradients), in up to ``bins`` ranges of steps."""
+    from rich.table import Table
+
+    steps, norms = gradients["step"], gradients["norm"]
+    size = max(1, math.ceil(len(steps) / bins))
+    groups = [(steps[i : i + size], norms[i : i + size]) for i in range(0, len(steps), size)]
+    positive = [n for n in norms if n > 0 and math.isfinite(n)] or [1.0]
+    low, high = min(positive), max(positive)
+    clipping = f"; clipped above {clip:g}" if clip > 0 else ""
+    table = Table(title=f"gradient norm per step (bars: mean norm, log scale{clipping})", title_justify="left")
+    for column in ("steps", "mean norm", "max norm", "clipped", ""):
+        table.add_column(column, justify="left" if column == "" else "right")
+    for group_steps, group_norms in groups:
+        mean = sum(group_norms) / len(group_norms)
+        clipped = sum(norm > clip for norm in group_norms) / len(group_norms) if clip > 0 else 0.0
+        table.add_row(f"{group_steps[0]:,}-{group_steps[-1]:,}", f"{mean:.3g}", f"{max(group_norms):.3g}",
+                      f"{100 * clipped:.0f}%", _log_bar(mean, low, high, "magenta"))
+    return table
+
+
+def _probe_table(probes: list[dict]):
+    """How the loss gradient reaches back through the hidden states, at the first and the last validation."""
+    from rich.table import Table
+
+    shown = [probes[0]] if len(probes) == 1 else [probes[0], probes[-1]]
+    length = min(len(record["hidden_gradient_norms"]) for record in shown)
+    distances = sorted({*(2**i for i in range(length.bit_length()) if 2**i <= length), length})
+    values = [v for record in shown for v in record["hidden_gradient_norms"][:length] if v > 0]
+    low, high = (min(values), max(values)) if values else (1.0, 1.0)
+    table = Table(title="gradient of the loss reaching back to the hidden state k steps earlier "
+                        "(log scale; falling: vanishing, rising: exploding)", title_justify="left")
+    table.add_column("k", justify="right")
+    for record in shown:
+        table.add_column(f"epoch {record['epoch']}", justify="right")
+        table.add_column("")
+    for k in distances:
+        cells = []
+        for style, record in zip(("cyan", "green"), shown):
+            value = record["hidden_gradient_norms"][k - 1]
+            cells += [f"{value:.3g}", _log_bar(value, low, high, style)]
+        table.add_row(str(k), *cells)
     return table

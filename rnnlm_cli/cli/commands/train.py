@@ -105,6 +105,10 @@ def command(
         "save_every", "Also save the resumable state (the .last checkpoint) every N steps (500) or minutes "
                       "(10m), bounding what a crash can cost. Ctrl-C and SIGTERM always save it.",
         default="every epoch", metavar="N|Nm")] = None,
+    log_gradients: Annotated[Optional[bool], _option(
+        "log_gradients", "Record every step's global gradient norm (and so the clip rate), and at each validation "
+                         "how the loss gradient reaches back through the hidden states of a validation window; "
+                         "`rnnlm info` charts both.", "--log-gradients/--no-log-gradients", default="no")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Let a new run replace an existing checkpoint at --out (and its .last state).")] = False,
     json_output: JsonOpt = False,
@@ -145,7 +149,7 @@ def command(
         "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "clip": clip,
         "epochs": epochs, "schedule": schedule, "lr_decay": lr_decay, "decay_start": decay_start,
         "warmup_steps": warmup_steps, "patience": patience, "precision": precision, "seed": seed,
-        "device": device, "max_time": max_time, "save_every": save_every,
+        "device": device, "max_time": max_time, "save_every": save_every, "log_gradients": log_gradients,
     }
     overrides = {key: getattr(value, "value", value) for key, value in given.items() if value is not None}
     if resume is not None:

@@ -32,11 +32,7 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
     axes = all_axes[0][0]
     axes.plot(epochs, [r["train_ppl"] for r in history], marker="o", label="train")
     axes.plot(epochs, [r["valid_ppl"] for r in history], marker="o", label="validation")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("perplexity")
-    axes.set_yscale("log")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    _log_axes(axes, "epoch", "perplexity")
     if title:
         axes.set_title(title)
     row = 1
@@ -46,21 +42,13 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
         axes.plot(gradients["step"], gradients["norm"], linewidth=0.6, label="global gradient norm")
         if clip > 0:
             axes.axhline(clip, color="red", linestyle="--", linewidth=1, label=f"clip {clip:g}")
-        axes.set_xlabel("step")
-        axes.set_ylabel("gradient norm")
-        axes.set_yscale("log")
-        axes.grid(True, which="both", alpha=0.3)
-        axes.legend()
+        _log_axes(axes, "step", "gradient norm")
     if probes:
         axes = all_axes[row][0]
         for record in probes:
             norms = record["hidden_gradient_norms"]
             axes.plot(range(1, len(norms) + 1), norms, label=f"epoch {record['epoch']}")
-        axes.set_xlabel("steps back from the loss")
-        axes.set_ylabel("|d loss / d hidden state|")
-        axes.set_yscale("log")
-        axes.grid(True, which="both", alpha=0.3)
-        axes.legend(fontsize="small", ncol=2)
+        _log_axes(axes, "steps back from the loss", "|d loss / d hidden state|", ncol=2)
     figure.tight_layout()
     try:
         figure.savefig(path)
@@ -69,3 +57,11 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
     finally:
         plt.close(figure)
     return path
+
+
+def _log_axes(axes: Any, x_label: str, y_label: str, ncol: int = 1) -> None:
+    axes.set_xlabel(x_label)
+    axes.set_ylabel(y_label)
+    axes.set_yscale("log")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize="small" if ncol > 1 else None, ncol=ncol)

@@ -22,13 +22,14 @@ EVAL_PRECISIONS = ("fp32", "bf16")
 ENCODING_ERRORS = ("strict", "replace")
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 SOFTMAXES = ("full", "adaptive")
+DIRECTIONS = ("forward", "backward", "both")
 # --softmax adaptive without --cutoffs: these, below the vocabulary size (Grave et al. 2017 used 2000, 10000 on
 # WikiText-2's 33k words; more clusters follow for bigger vocabularies)
 DEFAULT_CUTOFFS = (2000, 10000, 50000, 200000)
 # the model's settings (ModelConfig takes them, with the vocabulary size)
 ARCHITECTURE = ("cell", "emb_size", "hidden_size", "layers", "dropout", "tie_weights", "init_range",
                 "dropout_input", "dropout_hidden", "dropout_output", "variational", "word_dropout", "softmax",
-                "cutoffs")
+                "cutoffs", "direction")
 
 # Published recipes for word-level PTB. Zaremba et al. (2014) sum the loss over the bptt steps and
 # use lr 1 with clip 5 (10 for large); rnnlm averages the loss per token, so the same updates are
@@ -79,6 +80,7 @@ def check_architecture(settings: dict[str, Any]) -> None:
             f"--tie-weights needs --emb-size equal to --hidden-size "
             f"(got {settings['emb_size']} and {settings['hidden_size']})"
         )
+    _choice(settings.get("direction", "forward"), DIRECTIONS, "direction")
     softmax, cutoffs = settings.get("softmax", "full"), settings.get("cutoffs")
     _choice(softmax, SOFTMAXES, "softmax")
     if softmax == "full" and cutoffs:
@@ -165,6 +167,7 @@ class TrainConfig:
     word_dropout: float = 0.0  # drop whole words (rows of the embedding matrix) per batch
     softmax: str = "full"  # full | adaptive (clusters of rarer words behind a small head: big vocabularies)
     cutoffs: list[int] | None = None  # adaptive: where the frequency-ordered vocabulary is cut (None: automatic)
+    direction: str = "forward"  # forward | backward (right to left) | both (two stacks, shared embedding and softmax)
     optimizer: str = "sgd"  # sgd | adam | adamw
     lr: float | None = None  # None: 20 for sgd, 0.001 for adam(w) (filled in on construction)
     weight_decay: float = 0.0  # L2 penalty (sgd, adam) or decoupled decay (adamw)

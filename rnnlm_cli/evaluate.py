@@ -15,6 +15,7 @@ out before the whole input has been read, and memory stays bounded on big files.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,8 @@ from rnnlm_cli.model import RNNLanguageModel
 from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_device
 from rnnlm_cli.textio import STDIN, display_name, iter_lines, read_path_list
 
+log = logging.getLogger(__name__)
+
 STREAM_CHUNK = 512  # time steps per forward call in stream mode; the state carries between calls
 WINDOW_BATCHES = 8  # line mode reads this many batches at a time to sort by length (the first window is one)
 LOG10 = math.log(10)
@@ -50,6 +53,8 @@ class LineScore:
     words: int  # whitespace words plus one for the line end (OOV words left out when they are not scored)
     bytes: int  # UTF-8 bytes, the newline included
     pieces: list[str] | None = None  # the text of each token, end-of-sentence last, when asked for
+    # a biLM's right-to-left scores of the same tokens, in the line's order (the line-start score last)
+    backward_token_nll: np.ndarray | None = None
 
     @property
     def tokens(self) -> int:
@@ -63,6 +68,10 @@ class LineScore:
     @property
     def nll(self) -> float:
         return float(np.nansum(self.token_nll))
+
+    @property
+    def backward_nll(self) -> float | None:
+        return None if self.backward_token_nll is None else float(np.nansum(self.backward_token_nll))
 
     @property
     def log10_prob(self) -> float:
@@ -85,6 +94,7 @@ class CorpusScore:
     eos_nll: float = 0.0  # the part of nll spent on end-of-sentence tokens
     words: int = 0  # whitespace-separated words plus one end-of-line per line
     bytes: int = 0  # UTF-8 bytes of the text, one newline per line included
+    backward_nll: float | None = None  # a biLM's right-to-left direction, line by line, on the same tokens
 
     @property
     def ppl(self) -> float:
@@ -102,6 +112,10 @@ class CorpusScore:
         return _exp_ratio(self.nll, self.words)
 
     @property
+    def backward_ppl(self) -> float | None:
+        return None if self.backward_nll is None else _exp_ratio(self.backward_nll, self.tokens)
+
+    @property
     def bits_per_byte(self) -> float:
         return self.nll / math.log(2) / self.bytes if self.bytes else math.nan
 
@@ -113,10 +127,14 @@ class CorpusScore:
         self.eos_nll += float(line.token_nll[-1])
         self.words += line.words
         self.bytes += line.bytes
+        if line.backward_nll is not None:
+            self.backward_nll = (self.backward_nll or 0.0) + line.backward_nll
 
     def add(self, other: CorpusScore) -> None:
         for name in ("lines", "tokens", "oov", "nll", "eos_nll", "words", "bytes"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.backward_nll is not None:
+            self.backward_nll = (self.backward_nll or 0.0) + other.backward_nll
 
     def to_dict(self) -> dict[str, Any]:
         values = {
@@ -132,6 +150,8 @@ class CorpusScore:
             "bytes": self.bytes,
             "bits_per_byte": self.bits_per_byte,
         }
+        if self.backward_nll is not None:
+            values.update(backward_nll=self.backward_nll, backward_ppl=self.backward_ppl)
         return {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
                 for key, value in values.items()}
 
@@ -159,6 +179,7 @@ class EvalResult:
     precision: str
     tokenizer_kind: str
     vocab_size: int
+    direction: str = "forward"  # of the model: forward | backward | both
     files: list[CorpusScore] = field(default_factory=list)
     total: CorpusScore = field(default_factory=lambda: CorpusScore("total"))
 
@@ -173,6 +194,7 @@ class EvalResult:
             "exclude_oov": self.exclude_oov,
             "oov_convention": self.oov_convention,
             "precision": self.precision,
+            "direction": self.direction,
             "tokenizer": {"kind": self.tokenizer_kind, "vocab_size": self.vocab_size},
             "files": [score.to_dict() for score in self.files],
             "total": self.total.to_dict(),
@@ -185,8 +207,8 @@ def evaluate(config: EvalConfig, progress: bool = False) -> EvalResult:
     ``progress`` shows a tqdm bar per file on stderr (when it is a terminal).
     """
     scorer = Scorer(config)
-    result = EvalResult(config.checkpoint, config.context, config.exclude_oov, config.precision,
-                        scorer.tokenizer.kind, scorer.tokenizer.vocab_size)
+    result = EvalResult(config.checkpoint, scorer.context, config.exclude_oov, config.precision,
+                        scorer.tokenizer.kind, scorer.tokenizer.vocab_size, scorer.direction)
     for path in scorer.inputs:
         score = CorpusScore(display_name(path))
         for line in scorer.score_file(path, progress=progress):
@@ -215,6 +237,11 @@ class Scorer:
         keep_freed_memory()
         self.model, self.tokenizer, _ = load_for_inference(config.checkpoint, self.device)
         self.inputs = resolve_inputs(config)
+        self.direction = self.model.config.direction
+        self.context = config.context
+        if self.direction == "backward" and self.context == "stream":
+            log.info("a backward model is scored line by line: each line right to left, from a fresh state")
+            self.context = "line"
 
     def score_file(self, path: str, pieces: bool = False, progress: bool = False) -> Iterator[LineScore]:
         config, tokenizer = self.config, self.tokenizer
@@ -225,32 +252,47 @@ class Scorer:
         numbered = enumerate(iter_lines(path, errors=self.config.encoding_errors), start=1)
         hidden = None  # stream mode: the state carried from one window to the next
         with bar:
-            growth = WINDOW_BATCHES if config.context == "line" else 1
+            growth = WINDOW_BATCHES if self.context == "line" else 1
             for window in _windows(numbered, config.batch_size, growth):
                 texts = [text for _, text in window]
                 encoded = tokenizer.encode_many(texts)
                 token_lines = [enc.ids + [tokenizer.eos_id] for enc in encoded]
                 with autocast(self.device, config.precision):
-                    if config.context == "stream":
+                    backward = self._backward_scores(token_lines) if self.direction != "forward" else None
+                    if self.direction == "backward":
+                        line_nll, backward = backward, None
+                    elif self.context == "stream":
                         line_nll, hidden = score_stream_lines(self.model, token_lines, tokenizer.eos_id, hidden)
                     else:
                         line_nll = score_token_lines(self.model, token_lines, tokenizer.eos_id, "line",
                                                      config.batch_size)
-                for (number, text), enc, nll in zip(window, encoded, line_nll):
-                    yield self._line_score(name, number, text, enc.oov_positions, nll, pieces)
+                for index, ((number, text), enc, nll) in enumerate(zip(window, encoded, line_nll)):
+                    yield self._line_score(name, number, text, enc.oov_positions, nll, pieces,
+                                           None if backward is None else backward[index])
                 bar.update(sum(len(text.encode("utf-8")) + 1 for text in texts))
 
+    def _backward_scores(self, token_lines: list[list[int]]) -> list[torch.Tensor]:
+        """The right-to-left direction's scores of each line (each read reversed from a fresh state), put
+        back in the line's token order."""
+        reversed_lines = [reverse_line(line) for line in token_lines]
+        scores = score_token_lines(self.model, reversed_lines, self.tokenizer.eos_id, "line", self.config.batch_size,
+                                   backward=True)
+        return [unreverse_scores(nll) for nll in scores]
+
     def _line_score(self, name: str, number: int, text: str, oov_positions: tuple[int, ...],
-                    nll: torch.Tensor, pieces: bool) -> LineScore:
+                    nll: torch.Tensor, pieces: bool, backward: torch.Tensor | None = None) -> LineScore:
         token_nll = nll.double().numpy()
+        backward_nll = None if backward is None else backward.double().numpy()
         words = len(text.split()) + 1
         if self.config.exclude_oov and oov_positions:
-            token_nll[list(oov_positions)] = np.nan
+            for scores in (token_nll, backward_nll):
+                if scores is not None:
+                    scores[list(oov_positions)] = np.nan
             if self.tokenizer.kind == "word":
                 words -= len(oov_positions)
         return LineScore(name, number, token_nll, oov_positions, words, len(text.encode("utf-8")) + 1,
                          [*self.tokenizer.surface(text), self.tokenizer.piece(self.tokenizer.eos_id)]
-                         if pieces else None)
+                         if pieces else None, backward_nll)
 
 
 def resolve_inputs(config: EvalConfig) -> list[str]:
@@ -279,33 +321,48 @@ def _windows(numbered: Iterator[tuple[int, str]], batch_size: int, growth: int) 
 
 def score_token_lines(
     model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, context: str, batch_size: int = 64,
+    backward: bool = False,
 ) -> list[torch.Tensor]:
     """Negative log-likelihood (nats) of every token of every line, in input order.
 
-    Each line holds its token ids with the end-of-sentence id last.
+    Each line holds its token ids with the end-of-sentence id last. ``backward`` scores with a biLM's
+    right-to-left stack (the caller has reversed the lines: see ``reverse_line``).
     """
     if context == "stream":
-        return score_stream_lines(model, lines, eos_id)[0]
+        return score_stream_lines(model, lines, eos_id, backward=backward)[0]
     if not lines:
         return []
     model.eval()
     with torch.inference_mode():
-        return _score_lines_batched(model, lines, eos_id, batch_size)
+        return _score_lines_batched(model, lines, eos_id, batch_size, backward)
 
 
-def score_stream_lines(model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, hidden=None):
+def reverse_line(line: Sequence[int]) -> list[int]:
+    """A line (token ids, end-of-sentence last) as the backward direction reads it: the tokens reversed, then
+    the end of the line, which there stands for "the line starts here"."""
+    return [*reversed(line[:-1]), line[-1]]
+
+
+def unreverse_scores(nll: torch.Tensor) -> torch.Tensor:
+    """Scores of a reversed line put back in the line's own token order (the line-start score in the last place)."""
+    return torch.cat([nll[:-1].flip(0), nll[-1:]])
+
+
+def score_stream_lines(model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, hidden=None,
+                       backward: bool = False):
     """Per-line nll of consecutive lines read as one stream, and the state after the last line."""
     if not lines:
         return [], hidden
     stream = torch.tensor([token for line in lines for token in line], dtype=torch.long)
-    nll, hidden = score_stream(model, stream, eos_id, hidden)
+    nll, hidden = score_stream(model, stream, eos_id, hidden, backward)
     return list(nll.split([len(line) for line in lines])), hidden
 
 
-def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int, hidden=None):
+def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int, hidden=None, backward: bool = False):
     """Per-token nll of one token stream, left to right with the state carried, and the final state.
 
-    The token before ``targets[0]`` is taken to be ``<eos>``: streams start at a line boundary.
+    The token before ``targets[0]`` is taken to be ``<eos>``: streams start at a line boundary. ``backward``
+    reads it with a biLM's right-to-left stack (the caller has reversed the stream).
     """
     model.eval()
     device = model.device
@@ -315,13 +372,13 @@ def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int, hi
     with torch.inference_mode():
         for start in range(0, len(targets), STREAM_CHUNK):
             stop = start + STREAM_CHUNK
-            features, hidden = model.features(inputs[None, start:stop], hidden)  # (1, T, H)
+            features, hidden = model.features(inputs[None, start:stop], hidden, backward)  # (1, T, H)
             pieces.append(model.token_nll(features[0], targets[start:stop]))
     return torch.cat(pieces).cpu(), hidden
 
 
 def _score_lines_batched(
-    model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int
+    model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int, backward: bool = False,
 ) -> list[torch.Tensor]:
     device = model.device
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]), reverse=True)
@@ -336,7 +393,7 @@ def _score_lines_batched(
         inputs = np.concatenate([np.full((len(batch), 1), eos_id, dtype=np.int64), targets[:, :-1]], axis=1)
         mask = torch.from_numpy(np.arange(width)[None, :] < np.asarray(lengths)[:, None]).to(device)
         # padding sits after each line's end, so it never reaches the positions that are scored
-        features, _ = model.features(torch.from_numpy(inputs).to(device))  # (B, T, H)
+        features, _ = model.features(torch.from_numpy(inputs).to(device), backward=backward)  # (B, T, H)
         nll = model.token_nll(features[mask], torch.from_numpy(targets).to(device)[mask]).cpu()
         for index, part in zip(batch, nll.split(lengths)):
             results[index] = part

@@ -22,10 +22,9 @@ import torch
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import FillConfig
 from rnnlm_cli.errors import ConfigError, InputError
-from rnnlm_cli.evaluate import score_token_lines
+from rnnlm_cli.evaluate import reverse_line, score_token_lines
 from rnnlm_cli.model import RNNLanguageModel, select_rows
 from rnnlm_cli.runtime import autocast, resolve_device
-from rnnlm_cli.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +89,34 @@ class BlankFiller:
         if not self._warned_context and tokenizer.encode(left + right).oov:
             log.warning("context words outside the vocabulary become <unk> (first seen in %r)", sentence)
             self._warned_context = True
+        directions = {"forward": [False], "backward": [True], "both": [False, True]}[self.model.config.direction]
         with torch.inference_mode(), autocast(self.device, config.precision):
             if config.candidates is None:
                 fillers = list(range(2, tokenizer.vocab_size))  # every word but <unk> and <eos>
-                scores = _vocabulary_scores(self.model, tokenizer, left, right, fillers, config.batch_size)
+                left_ids, right_ids = tokenizer.encode(left).ids, tokenizer.encode(right).ids
+                # right to left, the sentence is the reversed right context, the filler, the reversed left one
+                scores = torch.stack([
+                    _vocabulary_scores(self.model, tokenizer.eos_id, right_ids[::-1], left_ids[::-1], fillers,
+                                       config.batch_size, backward=True) if backward else
+                    _vocabulary_scores(self.model, tokenizer.eos_id, left_ids, right_ids, fillers, config.batch_size)
+                    for backward in directions]).mean(dim=0)
                 texts, left_out = [tokenizer.piece(token_id) for token_id in fillers], []
             else:
                 texts, left_out = self.candidates, self.left_out
                 lines = [tokenizer.encode(left + text + right).ids + [tokenizer.eos_id] for text in texts]
-                nll = score_token_lines(self.model, lines, tokenizer.eos_id, "line", config.batch_size)
-                scores = torch.stack([-part.double().sum() for part in nll])
+                scores = torch.stack([self._sentence_logprobs(lines, backward) for backward in directions]).mean(dim=0)
         shares = torch.softmax(scores.double(), dim=0)
         best = torch.topk(scores, min(config.top, len(texts))).indices.tolist()
         fillers_ranked = [Filler(texts[i], float(scores[i]), float(shares[i])) for i in best]
         return FillResult(sentence, fillers_ranked, len(texts), left_out)
+
+
+    def _sentence_logprobs(self, lines: list[list[int]], backward: bool) -> torch.Tensor:
+        """Log-probability (float64) of each whole sentence, read left to right or (``backward``) right to left."""
+        if backward:
+            lines = [reverse_line(line) for line in lines]
+        nll = score_token_lines(self.model, lines, self.tokenizer.eos_id, "line", self.config.batch_size, backward)
+        return torch.stack([-part.double().sum() for part in nll])
 
 
 def fill(config: FillConfig) -> list[FillResult]:
@@ -111,14 +124,13 @@ def fill(config: FillConfig) -> list[FillResult]:
     return list(BlankFiller(config).fill(config.sentences))
 
 
-def _vocabulary_scores(model: RNNLanguageModel, tokenizer: Tokenizer, left: str, right: str, fillers: list[int],
-                       batch_size: int) -> torch.Tensor:
-    """Sentence log-probability (float64) with each single-token filler: the left context runs once."""
+def _vocabulary_scores(model: RNNLanguageModel, eos: int, left_ids: list[int], right_ids: list[int],
+                       fillers: list[int], batch_size: int, backward: bool = False) -> torch.Tensor:
+    """Sentence log-probability (float64) with each single-token filler between ``left_ids`` and ``right_ids``,
+    read in that order (``backward``: by the right-to-left stack, the caller passing both sides reversed)."""
     device = model.device
-    eos = tokenizer.eos_id
-    left_ids, right_ids = tokenizer.encode(left).ids, tokenizer.encode(right).ids
     inputs = torch.tensor([[eos, *left_ids]], device=device)  # (1, L + 1)
-    features, hidden = model.features(inputs)  # (1, L + 1, H)
+    features, hidden = model.features(inputs, backward=backward)  # (1, L + 1, H)
     left_logprob = -model.token_nll(features[0, :-1], inputs[0, 1:]).double().sum()
     filler_logprobs = torch.log_softmax(model.logits(features[0, -1]).float(), dim=-1).double()  # (V,)
     right_targets = torch.tensor([*right_ids, eos], device=device)  # (R + 1,)
@@ -129,7 +141,7 @@ def _vocabulary_scores(model: RNNLanguageModel, tokenizer: Tokenizer, left: str,
         # each row reads its filler, then the right context, from the state after the left context
         row_inputs = torch.cat([chunk[:, None], right_targets[None, :-1].expand(rows, -1)], dim=1)  # (C, R + 1)
         state = select_rows(hidden, torch.zeros(rows, dtype=torch.long, device=device))
-        row_features, _ = model.features(row_inputs, state)  # (C, R + 1, H)
+        row_features, _ = model.features(row_inputs, state, backward)  # (C, R + 1, H)
         nll = model.token_nll(row_features.reshape(-1, row_features.shape[-1]),
                               right_targets.repeat(rows)).view(rows, -1)
         pieces.append(filler_logprobs[chunk] - nll.double().sum(dim=1))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import SampleConfig
+from rnnlm_cli.errors import InputError
 from rnnlm_cli.model import Hidden, RNNLanguageModel, select_rows
 from rnnlm_cli.runtime import resolve_device
 from rnnlm_cli.tokenizers import Tokenizer
@@ -63,6 +64,9 @@ class Generator:
         self.config = config
         self.device = resolve_device(config.device)
         self.model, self.tokenizer, _ = load_for_inference(config.checkpoint, self.device)
+        if self.model.config.direction == "backward":
+            raise InputError(f"{config.checkpoint}: a backward model reads right to left and cannot continue a "
+                             "prompt; sample from a forward or a bidirectional (--direction both) model")
         default_stop = self.tokenizer.kind != "char"  # a character model's <eos> is just a line break
         self.stop_at_eos = default_stop if config.stop_at_eos is None else config.stop_at_eos
         self.random = torch.Generator(device=self.device).manual_seed(config.seed)

@@ -9,6 +9,10 @@ The output layer is a full softmax over the vocabulary, or an adaptive softmax (
 ``nn.AdaptiveLogSoftmaxWithLoss``): the most frequent words and one entry per cluster in a head, the
 rarer words in clusters behind smaller projections, so most tokens cost a product with a few thousand
 rows instead of the whole vocabulary. It relies on ids ordered by frequency, which the tokenizers give.
+
+Direction: a ``forward`` model reads left to right; a ``backward`` one is the same network reading each
+sequence right to left (callers reverse the tokens); ``both`` is an ELMo-style biLM: a second recurrent
+stack, ``rnn_backward``, for the right-to-left direction, sharing the embedding and the output layer.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class ModelConfig:
     word_dropout: float = 0.0  # drop whole words: zero random rows of the embedding matrix per batch
     softmax: str = "full"  # full | adaptive
     cutoffs: list[int] | None = None  # adaptive: ids below cutoffs[0] in the head, then one cluster per range
+    direction: str = "forward"  # forward | backward | both
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1:
@@ -99,6 +104,9 @@ class RNNLanguageModel(nn.Module):
         self.rnn: nn.RNNBase = rnn_class(config.emb_size, config.hidden_size, config.layers, **extra)
         # the fused call's own dropout between layers (set here: the constructor warns for one layer)
         self.rnn.dropout = config.dropouts()[1] if config.layers > 1 else 0.0
+        if config.direction == "both":  # the right-to-left stack of a biLM
+            self.rnn_backward: nn.RNNBase = rnn_class(config.emb_size, config.hidden_size, config.layers, **extra)
+            self.rnn_backward.dropout = self.rnn.dropout
         self.decoder: nn.Module
         if config.softmax == "adaptive":
             self.decoder = nn.AdaptiveLogSoftmaxWithLoss(config.hidden_size, config.vocab_size, config.cutoffs,
@@ -129,20 +137,28 @@ class RNNLanguageModel(nn.Module):
         zeros = torch.zeros(shape, device=device or self.device)
         return (zeros, zeros.clone()) if self.config.cell == "lstm" else zeros
 
-    def features(self, ids: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
-        """Top-layer outputs before the output layer, (B, T, H), and the new hidden state."""
+    def stack(self, backward: bool = False) -> nn.RNNBase:
+        """The recurrent layers of one direction (a backward-only model has just the one stack)."""
+        return self.rnn_backward if backward and self.config.direction == "both" else self.rnn
+
+    def features(self, ids: Tensor, hidden: Hidden | None = None, backward: bool = False) -> tuple[Tensor, Hidden]:
+        """Top-layer outputs before the output layer, (B, T, H), and the new hidden state.
+
+        ``backward`` runs the right-to-left stack of a biLM over ``ids``, which the caller has reversed.
+        """
         p_input, p_hidden, p_output = self.config.dropouts()
+        rnn = self.stack(backward)
         x = self._embed(ids.t())  # (T, B, E)
         if not self.training:
-            output, hidden = self.rnn(x, hidden)  # (T, B, H)
+            output, hidden = rnn(x, hidden)  # (T, B, H)
             return output.transpose(0, 1), hidden
         x = self._dropout(x, p_input)
         if self._fused_in_training(x):
-            output, hidden = self.rnn(x, hidden)
+            output, hidden = rnn(x, hidden)
             return self._dropout(output, p_output).transpose(0, 1), hidden
         states = []
         for layer in range(self.config.layers):
-            x, state = self._layer(layer, x, _layer_state(hidden, layer))
+            x, state = self._layer(rnn, layer, x, _layer_state(hidden, layer))
             x = self._dropout(x, p_hidden if layer < self.config.layers - 1 else p_output)
             states.append(state)
         return x.transpose(0, 1), _stack_states(states)
@@ -250,9 +266,9 @@ class RNNLanguageModel(nn.Module):
         """cuDNN / oneDNN run all layers in one call, with standard (not variational) dropout between them."""
         return not self.config.variational and not self._cpu_lstm_kernel(x)
 
-    def _layer(self, layer: int, x: Tensor, state: Hidden | None) -> tuple[Tensor, Hidden]:
-        """One recurrent layer over the sequence x (T, B, F) in training."""
-        weights = self.rnn.all_weights[layer]  # [w_ih, w_hh, b_ih, b_hh]
+    def _layer(self, rnn: nn.RNNBase, layer: int, x: Tensor, state: Hidden | None) -> tuple[Tensor, Hidden]:
+        """One recurrent layer of ``rnn`` over the sequence x (T, B, F) in training."""
+        weights = rnn.all_weights[layer]  # [w_ih, w_hh, b_ih, b_hh]
         if self._cpu_lstm_kernel(x):
             batch = x.shape[1]
             h0, c0 = state if state is not None else (x.new_zeros(batch, self.config.hidden_size),) * 2

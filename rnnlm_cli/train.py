@@ -18,6 +18,12 @@ block of ``batch_size / processes`` streams; gradients are averaged, so the upda
 process with the whole batch. Each process validates on its own line-aligned share of the validation
 text (starting from a fresh state there) and the sums are reduced. Decisions to save or stop are taken
 by all processes together after every step; rank 0 alone writes checkpoints, metrics and progress.
+
+Directions: a ``backward`` model trains on the token stream reversed (it predicts each token from the
+ones after it). A ``both`` model (biLM) trains its forward stack on the stream and its backward stack on
+the reversed stream in the same step, the loss being the mean of the two. Validation scores each
+direction as `rnnlm eval` does (the backward one line by line, each line reversed from a fresh state)
+and the schedule follows their mean.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from rnnlm_cli.checkpoint import Checkpoint, current_versions, load_checkpoint, 
 from rnnlm_cli.config import TrainConfig, save_interval
 from rnnlm_cli.data import BPTTBatches, Dataset, line_ends, stream_share
 from rnnlm_cli.errors import CheckpointError, ConfigError, DatasetError, TrainingError, TrainingInterrupted
-from rnnlm_cli.evaluate import score_stream
+from rnnlm_cli.evaluate import reverse_line, score_stream, score_token_lines
 from rnnlm_cli.model import Hidden, ModelConfig, RNNLanguageModel, detach_hidden
 from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, seed_everything
 
@@ -56,7 +62,7 @@ PROBE_ROWS = 4
 
 # settings that shape the weights and the optimizer state; a resumed run cannot change them
 FIXED_ON_RESUME = ("cell", "emb_size", "hidden_size", "layers", "tie_weights", "init_range", "softmax", "cutoffs",
-                   "optimizer")
+                   "direction", "optimizer")
 # settings of one invocation, not of the run: a resumed run starts from their defaults
 PER_INVOCATION = ("max_time", "device", "force")
 
@@ -170,14 +176,19 @@ class _Trainer:
         self.tokenizer = self.dataset.tokenizer
         train_ids, self.valid_ids, self.validation_source = _training_and_validation(
             self.dataset, config.valid_fraction)
-        self.batches = BPTTBatches(train_ids, config.batch_size, config.bptt, self.tokenizer.eos_id,
-                                   shard=(self.world.rank, self.world.size))
+        # one entry per direction trained: reversed (right to left) or not; reversal is a view, never a copy
+        self.reversed = {"forward": [False], "backward": [True], "both": [False, True]}[config.direction]
+        self.streams = [BPTTBatches(train_ids[::-1] if backward else train_ids, config.batch_size, config.bptt,
+                                    self.tokenizer.eos_id, shard=(self.world.rank, self.world.size))
+                        for backward in self.reversed]
+        self.batches = self.streams[0]
         self.model = RNNLanguageModel(ModelConfig(self.tokenizer.vocab_size, **config.architecture())).to(self.device)
         if self.world.rank:
             torch.manual_seed(config.seed + self.world.rank)  # its own dropout masks; the weights come from rank 0
         self.optimizer = _make_optimizer(config, self.model)
         self.state = _Progress(lr=config.lr)
-        self.hidden: Hidden | None = None
+        self.hiddens: list[Hidden | None] = [None] * len(self.streams)  # the state carried in each direction
+        self.valid_losses: list[float] = []  # of each direction, at the last validation
         self.stopping = 0  # why the last epoch stopped early: 1 for --max-time, else the signal's number
         self.gradient_steps: list[int] = []  # with --log-gradients: each step's number and global gradient norm
         self.gradient_norms: list[float] = []
@@ -191,7 +202,7 @@ class _Trainer:
             log.info("resuming %s at epoch %d, step %d", resume, self.state.epoch + 1, self.state.step)
         elif self.world.is_main:
             self.metrics.unlink(missing_ok=True)
-        self.step_module: nn.Module = _LossStep(self.model)
+        self.step_module: nn.Module = _LossStep(self.model, self.reversed)
         if self.world.active:
             distributed.start(self.world, self.device.type)
             # one process's gradients, averaged over all of them during the backward pass
@@ -268,8 +279,8 @@ class _Trainer:
         model.train()
         if config.schedule == "epoch":
             self._set_lr(config.lr / config.lr_decay ** max(0, state.epoch + 1 - config.decay_start))
-        if self.hidden is None:
-            self.hidden = model.init_hidden(batches.batch_size, self.device)
+        self.hiddens = [model.init_hidden(batches.batch_size, self.device) if hidden is None else hidden
+                        for hidden in self.hiddens]
         parameters = [p for p in model.parameters() if p.requires_grad]
         bar = tqdm(total=len(batches), initial=state.batch, desc=f"epoch {state.epoch + 1}/{config.epochs}",
                    unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True,
@@ -279,9 +290,11 @@ class _Trainer:
             while state.batch < len(batches):
                 if config.schedule == "cosine":
                     self._set_lr(_cosine_lr(config, state.step, len(batches) * config.epochs))
-                inputs, targets = (t.to(self.device, non_blocking=True) for t in batches[state.batch])
+                windows = [[t.to(self.device, non_blocking=True) for t in stream[state.batch]]
+                           for stream in self.streams]  # (inputs, targets) of each direction
+                targets = windows[0][1]
                 with autocast(self.device, self.precision):
-                    loss, hidden = self.step_module(inputs, detach_hidden(self.hidden), targets)
+                    loss, hiddens = self.step_module(windows, [detach_hidden(h) for h in self.hiddens])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 # the global norm is computed (and clipped to --clip) every step: a non-finite one stops training.
@@ -301,7 +314,7 @@ class _Trainer:
                     self.optimizer.step()
                 else:
                     self._step_with_lr(state.lr * scale)
-                self.hidden = hidden
+                self.hiddens = hiddens
                 state.step += 1
                 state.epoch_steps += 1
                 state.batch += 1
@@ -391,21 +404,31 @@ class _Trainer:
 
         With several processes each scores its own share of the lines (from a fresh state) and the sums are pooled.
         """
-        ids = self.valid_ids
-        if self.world.active:
-            ids = stream_share(ids, self.tokenizer.eos_id, (self.world.rank, self.world.size))
-        total, count = 0.0, len(ids)
-        if count:
-            with autocast(self.device, self.precision):
-                nll, _ = score_stream(self.model, torch.from_numpy(np.asarray(ids, dtype=np.int64)),
-                                      self.tokenizer.eos_id)
-            total = float(nll.sum(dtype=torch.float64))
-        if self.world.active:
-            total, count = distributed.all_reduce([total, count], "sum", self.device)
-        loss = total / max(count, 1)
+        self.valid_losses = [self._direction_validation_loss(backward) for backward in self.reversed]
+        loss = sum(self.valid_losses) / len(self.valid_losses)
         if not math.isfinite(loss):
             raise TrainingError("the validation loss is not finite; the model diverged (try a lower --lr)")
         return loss
+
+    def _direction_validation_loss(self, backward: bool) -> float:
+        """One direction's mean validation nll per token. The backward one reads each line right to left from a
+        fresh state, as `rnnlm eval` scores that direction (batched by lines, so it is also the faster one)."""
+        ids, eos = self.valid_ids, self.tokenizer.eos_id
+        if self.world.active:
+            ids = stream_share(ids, eos, (self.world.rank, self.world.size))
+        total, count = 0.0, len(ids)
+        if count:
+            with autocast(self.device, self.precision):
+                if backward:
+                    lines = [reverse_line(line.tolist()) for line in np.split(np.asarray(ids, dtype=np.int64),
+                                                                                line_ends(ids, eos)[:-1])]
+                    nll = torch.cat(score_token_lines(self.model, lines, eos, "line", backward=True))
+                else:
+                    nll, _ = score_stream(self.model, torch.from_numpy(np.asarray(ids, dtype=np.int64)), eos)
+            total = float(nll.sum(dtype=torch.float64))
+        if self.world.active:
+            total, count = distributed.all_reduce([total, count], "sum", self.device)
+        return total / max(count, 1)
 
     def _record(self, valid_loss: float, finished: bool) -> dict[str, Any]:
         """One validation's metrics: kept in the checkpoint and appended to the metrics file."""
@@ -425,6 +448,9 @@ class _Trainer:
             "tokens_per_second": state.epoch_tokens / max(state.epoch_seconds, 1e-9),
             "clipped_fraction": state.epoch_clipped_steps / max(state.epoch_steps, 1),
         }
+        if len(self.valid_losses) == 2:
+            record["valid_ppl_forward"], record["valid_ppl_backward"] = (math.exp(min(loss, 700))
+                                                                         for loss in self.valid_losses)
         if self.config.log_gradients:
             record.update(self._gradient_summary())
         state.history.append(record)
@@ -439,7 +465,7 @@ class _Trainer:
         norms = [norm for step, norm in zip(self.gradient_steps, self.gradient_norms) if step > first]
         summary: dict[str, Any] = {"gradient_norm_mean": sum(norms) / len(norms) if norms else None,
                                    "gradient_norm_max": max(norms, default=None)}
-        probe = _probe_window(self.valid_ids)
+        probe = _probe_window(self.valid_ids[::-1] if self.reversed == [True] else self.valid_ids)
         if probe is not None:
             ids, targets = (torch.from_numpy(t).to(self.device) for t in probe)
             summary["hidden_gradient_norms"] = self.model.hidden_gradient_norms(ids, targets).tolist()
@@ -456,7 +482,7 @@ class _Trainer:
         state.batch = 0
         state.epoch_loss_sum, state.epoch_tokens, state.epoch_seconds = 0.0, 0, 0.0
         state.epoch_steps = state.epoch_clipped_steps = 0
-        self.hidden = None
+        self.hiddens = [None] * len(self.streams)
         if valid_loss < state.best_complete_loss:
             state.best_complete_loss, state.bad_epochs = valid_loss, 0
             return
@@ -500,10 +526,11 @@ class _Trainer:
             saved["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
         if self.world.active:
             saved["rng"]["ranks"] = distributed.gather(torch.get_rng_state())
-        if self.hidden is not None:
-            parts = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
-            # (layers, batch, hidden) with every process's streams in order: the state of the whole batch
-            saved["hidden"] = [torch.cat(distributed.gather(h.detach().cpu()), dim=1) for h in parts]
+        for key, hidden in zip(("hidden", "hidden_backward"), self.hiddens):
+            if hidden is not None:
+                parts = hidden if isinstance(hidden, tuple) else (hidden,)
+                # (layers, batch, hidden) with every process's streams in order: the state of the whole batch
+                saved[key] = [torch.cat(distributed.gather(h.detach().cpu()), dim=1) for h in parts]
         return saved
 
     def _restore(self, path: Path) -> None:
@@ -539,10 +566,11 @@ class _Trainer:
             torch.manual_seed(config.seed + rank + self.state.step)
         if "cuda" in saved["rng"] and self.device.type == "cuda" and rank == 0:
             torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), self.device)
-        if saved.get("hidden") and saved["hidden"][0].shape[1] == config.batch_size:
-            # the whole batch's state was saved; this process continues its own block of streams
-            parts = tuple(h[:, rank * rows : (rank + 1) * rows].to(self.device) for h in saved["hidden"])
-            self.hidden = parts if model.config.cell == "lstm" else parts[0]
+        for index, key in enumerate(("hidden", "hidden_backward")[: len(self.streams)]):
+            if saved.get(key) and saved[key][0].shape[1] == config.batch_size:
+                # the whole batch's state was saved; this process continues its own block of streams
+                parts = tuple(h[:, rank * rows : (rank + 1) * rows].to(self.device) for h in saved[key])
+                self.hiddens[index] = parts if model.config.cell == "lstm" else parts[0]
 
 
 class _StopSignals:
@@ -573,16 +601,21 @@ class _StopSignals:
 
 
 class _LossStep(nn.Module):
-    """One training forward pass (mean loss and the new hidden state) as a module, so that
-    DistributedDataParallel can wrap it; the checkpoint keeps the plain model's weights."""
+    """One training forward pass as a module, so that DistributedDataParallel can wrap it: the mean loss over
+    the directions trained and each direction's new hidden state. The checkpoint keeps the plain model's weights."""
 
-    def __init__(self, model: RNNLanguageModel) -> None:
+    def __init__(self, model: RNNLanguageModel, reversed_directions: list[bool]) -> None:
         super().__init__()
         self.model = model
+        self.reversed = reversed_directions
 
-    def forward(self, inputs: Tensor, hidden: Hidden | None, targets: Tensor) -> tuple[Tensor, Hidden]:
-        features, hidden = self.model.features(inputs, hidden)  # (B, T, H)
-        return self.model.loss(features.reshape(-1, features.shape[-1]), targets.reshape(-1)), hidden
+    def forward(self, windows: list[list[Tensor]], hiddens: list[Hidden | None]) -> tuple[Tensor, list[Hidden]]:
+        losses, states = [], []
+        for (inputs, targets), hidden, backward in zip(windows, hiddens, self.reversed):
+            features, state = self.model.features(inputs, hidden, backward=backward)  # (B, T, H)
+            losses.append(self.model.loss(features.reshape(-1, features.shape[-1]), targets.reshape(-1)))
+            states.append(state)
+        return (losses[0] if len(losses) == 1 else torch.stack(losses).mean()), states
 
 
 def _training_device(name: str, world: distributed.World) -> torch.device:

@@ -95,7 +95,8 @@ def _summary(config, format_name: str, progress: bool) -> None:
         output.print_json(result.to_dict())
     elif format_name == "tsv":
         rows = [score.to_dict() for score in result.files] + [result.total.to_dict()]
-        output.write_tsv(SUMMARY_COLUMNS, ([row[column] for column in SUMMARY_COLUMNS] for row in rows))
+        columns = SUMMARY_COLUMNS + (("backward_ppl",) if result.direction == "both" else ())
+        output.write_tsv(columns, ([row[column] for column in columns] for row in rows))
     else:
         output.stdout().print(_table(result))
 
@@ -137,8 +138,14 @@ def _table(result):
 
     caption = (f"context: {result.context}; {result.oov_convention}; ppl counts the end-of-sentence token, "
                f"ppl1 leaves it out; precision {result.precision}")
+    both = result.direction == "both"
+    if both:
+        caption += "; bwd ppl: the right-to-left direction, each line from a fresh state"
+    elif result.direction == "backward":
+        caption += "; a backward model: each line read right to left"
     table = Table(caption=caption, caption_justify="left")
-    columns = ("file", "lines", "tokens", "OOV", "nll", "ppl", "ppl1", "word ppl", "bits/byte")
+    columns = ("file", "lines", "tokens", "OOV", "nll", "ppl", "ppl1", "word ppl", "bits/byte") + (
+        ("bwd ppl",) if both else ())
     for column in columns:
         if column == "file":
             table.add_column(column, overflow="fold")
@@ -149,5 +156,5 @@ def _table(result):
         table.add_row(score.name, f"{score.lines:,}", f"{score.tokens:,}", f"{score.oov:,}",
                       output.number(score.nll, 1), output.number(score.ppl), output.number(score.ppl1),
                       output.number(score.word_ppl), output.number(score.bits_per_byte, 3),
-                      end_section=score is result.files[-1])
+                      *([output.number(score.backward_ppl)] if both else []), end_section=score is result.files[-1])
     return table

@@ -65,7 +65,9 @@ def _tables(info):
         ("model", f"{model['layers']} x {model['hidden_size']} {model['cell']}, embedding {model['emb_size']}"
                   f"{', tied' if model['tie_weights'] else ''}, dropout {model['dropout']}"
                   + (f", adaptive softmax (cutoffs {', '.join(map(str, model['cutoffs']))})"
-                     if model.get("softmax") == "adaptive" else "")),
+                     if model.get("softmax") == "adaptive" else "")
+                  + {"forward": "", "backward": ", backward (right to left)",
+                     "both": ", bidirectional (forward and backward stacks)"}[model.get("direction", "forward")]),
         ("parameters", f"{info.parameters:,}"),
         ("tokenizer", f"{info.tokenizer_kind}, {info.vocab_size:,} tokens{', lowercased' if info.lowercase else ''}"),
         ("epochs trained", info.epochs_trained),

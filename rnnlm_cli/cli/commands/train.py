@@ -7,8 +7,8 @@ import typer
 
 from rnnlm_cli.cli import output
 from rnnlm_cli.cli.options import Cell, Device, JsonOpt, Optimizer, QuietOpt, choices
-from rnnlm_cli.config import (PRESET_SOURCES, PRESETS, SCHEDULES, SOFTMAXES, TRAIN_PRECISIONS, TrainConfig,
-                              parse_cutoffs)
+from rnnlm_cli.config import (DIRECTIONS, PRESET_SOURCES, PRESETS, SCHEDULES, SOFTMAXES, TRAIN_PRECISIONS,
+                              TrainConfig, parse_cutoffs)
 from rnnlm_cli.distributed import is_main_process
 from rnnlm_cli.errors import ConfigError
 
@@ -18,6 +18,7 @@ Preset = choices("Preset", tuple(PRESETS))
 Schedule = choices("Schedule", SCHEDULES)
 Precision = choices("Precision", TRAIN_PRECISIONS)
 Softmax = choices("Softmax", SOFTMAXES)
+Direction = choices("Direction", DIRECTIONS)
 _PRESET_HELP = "; ".join(f"{name}: {source}" for name, source in PRESET_SOURCES.items())
 
 
@@ -70,6 +71,10 @@ def command(
         "cutoffs", "Adaptive softmax: where the frequency-ordered vocabulary is cut into head and clusters, e.g. "
                    "2000,10000.", default="2000,10000,50000,200000 below the vocabulary size",
         metavar="N,N,...")] = None,
+    direction: Annotated[Optional[Direction], _option(
+        "direction", "forward: left to right; backward: right to left; both: an ELMo-style biLM, a forward and a "
+                     "backward stack sharing the embedding and the softmax, trained together (eval reports both "
+                     "directions, fill combines them, sample uses the forward one).")] = None,
     bptt: Annotated[Optional[int], _option("bptt", "Time steps per truncated back-propagation window.", min=1)] = None,
     batch_size: Annotated[Optional[int], _option("batch_size", "Parallel streams per batch.", min=1)] = None,
     optimizer: Annotated[Optional[Optimizer], _option("optimizer", "Optimizer.")] = None,
@@ -145,7 +150,7 @@ def command(
         "cell": cell, "layers": layers, "emb_size": emb_size, "hidden_size": hidden_size, "dropout": dropout,
         "dropout_input": dropout_input, "dropout_hidden": dropout_hidden, "dropout_output": dropout_output,
         "variational": variational, "word_dropout": word_dropout, "tie_weights": tie_weights, "softmax": softmax,
-        "cutoffs": parse_cutoffs(cutoffs) if cutoffs is not None else None, "bptt": bptt,
+        "cutoffs": parse_cutoffs(cutoffs) if cutoffs is not None else None, "direction": direction, "bptt": bptt,
         "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "clip": clip,
         "epochs": epochs, "schedule": schedule, "lr_decay": lr_decay, "decay_start": decay_start,
         "warmup_steps": warmup_steps, "patience": patience, "precision": precision, "seed": seed,

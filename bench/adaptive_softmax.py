@@ -67,7 +67,7 @@ def report(runs: dict, minutes: float, data_dir: Path) -> str:
     for head, run in runs.items():
         inside, whole, tokens = _speeds(run)
         last = run["history"][-1]
-        rows.append(f"| {head} {' '.join(HEADS[head]).replace('--softmax adaptive ', '')} | {inside:,.0f} | "
+        rows.append(f"| {' '.join([head, *HEADS[head][2:]])} | {inside:,.0f} | "
                     f"{whole:,.0f} | {tokens / train_tokens:.2f} | {last['valid_ppl']:.2f} | "
                     f"{run['best_valid_ppl']:.2f} |")
     full_speed, adaptive_speed = _speeds(runs["full"])[0], _speeds(runs["adaptive"])[0]

@@ -80,7 +80,12 @@ def main() -> None:
     parser.add_argument("--steps", default="tokenize,train,eval", help="which rows to measure (comma-separated)")
     parser.add_argument("--train-seconds", type=float, default=120.0, help="training budget per file")
     parser.add_argument("--work", type=Path, default=None, help="where to write the files (default: a temp dir)")
+    parser.add_argument("--report", action="store_true", help="rewrite the section from the stored rows only")
     args = parser.parse_args()
+    results = Path(__file__).resolve().parent / "results" / "memory.json"
+    if args.report:
+        publish("memory", report(json.loads(results.read_text()), 1024), dry_run=False)
+        return
     steps = set(args.steps.split(","))
     work = args.work or Path(tempfile.mkdtemp(prefix="rnnlm-memory-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -119,8 +124,9 @@ def main() -> None:
         for name, command in commands:
             seconds, peak, stdout = measure(*command, "--json", "-q")
             result = json.loads(stdout)
+            encoders = (1 if "--jobs" in command else min(os.cpu_count() or 1, 8)) if command[0] == "tokenize" else 1
             row = {"name": name, "mb": mb, "size": size, "lines": lines, "seconds": seconds, "peak": peak,
-                   "measured": time.strftime("%Y-%m-%d %H:%M")}
+                   "processes": encoders, "measured": time.strftime("%Y-%m-%d %H:%M")}
             if command[0] == "eval":
                 row["tokens"] = result["total"]["tokens"]
             elif command[0] == "train":
@@ -133,7 +139,6 @@ def main() -> None:
             print(row, flush=True)
         big.unlink()
 
-    results = Path(__file__).resolve().parent / "results" / "memory.json"
     if args.mb == 1024:  # the published figures: keep the rows not measured this time
         measured = {(row["name"], row["mb"]) for row in rows}
         stored = json.loads(results.read_text()) if results.exists() else []
@@ -148,14 +153,15 @@ ORDER = ("tokenize --kind word", "tokenize --kind unigram", "tokenize --kind uni
 
 def report(rows: list[dict], mb: int) -> str:
     rows = sorted(rows, key=lambda row: (row["mb"], ORDER.index(row["name"])))
-    table = ["| command | file | lines | tokens | seconds | MB/s | tokens/s | peak RSS | measured |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    table = ["| command | file | lines | tokens | encoding processes | seconds | MB/s | tokens/s | peak RSS "
+             "| measured |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         training = "tokens_per_second" in row
         speed = f"{row['tokens_per_second']:,.0f} (in epoch)" if training else f"{row['tokens'] / row['seconds']:,.0f}"
         throughput = "" if training else f"{row['size'] / 2**20 / row['seconds']:.1f}"
         table.append(f"| `rnnlm {row['name']}` | {row['size'] / 2**20:,.0f} MiB | {row['lines']:,} | "
-                     f"{row['tokens']:,} | {row['seconds']:,.0f} | {throughput} | {speed} | "
+                     f"{row['tokens']:,} | {row.get('processes', 1) if row['name'].startswith('tokenize') else ''} | "
+                     f"{row['seconds']:,.0f} | {throughput} | {speed} | "
                      f"{row['peak'] / 2**20:,.0f} MiB | {row['measured']} |")
     peaks: dict[str, list[int]] = {}
     for row in rows:

@@ -258,7 +258,8 @@ class Scorer:
                 encoded = tokenizer.encode_many(texts)
                 token_lines = [enc.ids + [tokenizer.eos_id] for enc in encoded]
                 with autocast(self.device, config.precision):
-                    backward = self._backward_scores(token_lines) if self.direction != "forward" else None
+                    backward = (score_lines_backward(self.model, token_lines, tokenizer.eos_id, config.batch_size)
+                                if self.direction != "forward" else None)
                     if self.direction == "backward":
                         line_nll, backward = backward, None
                     elif self.context == "stream":
@@ -270,14 +271,6 @@ class Scorer:
                     yield self._line_score(name, number, text, enc.oov_positions, nll, pieces,
                                            None if backward is None else backward[index])
                 bar.update(sum(len(text.encode("utf-8")) + 1 for text in texts))
-
-    def _backward_scores(self, token_lines: list[list[int]]) -> list[torch.Tensor]:
-        """The right-to-left direction's scores of each line (each read reversed from a fresh state), put
-        back in the line's token order."""
-        reversed_lines = [reverse_line(line) for line in token_lines]
-        scores = score_token_lines(self.model, reversed_lines, self.tokenizer.eos_id, "line", self.config.batch_size,
-                                   backward=True)
-        return [unreverse_scores(nll) for nll in scores]
 
     def _line_score(self, name: str, number: int, text: str, oov_positions: tuple[int, ...],
                     nll: torch.Tensor, pieces: bool, backward: torch.Tensor | None = None) -> LineScore:
@@ -326,7 +319,7 @@ def score_token_lines(
     """Negative log-likelihood (nats) of every token of every line, in input order.
 
     Each line holds its token ids with the end-of-sentence id last. ``backward`` scores with a biLM's
-    right-to-left stack (the caller has reversed the lines: see ``reverse_line``).
+    right-to-left stack over lines the caller has reversed (``score_lines_backward`` does both).
     """
     if context == "stream":
         return score_stream_lines(model, lines, eos_id, backward=backward)[0]
@@ -337,15 +330,14 @@ def score_token_lines(
         return _score_lines_batched(model, lines, eos_id, batch_size, backward)
 
 
-def reverse_line(line: Sequence[int]) -> list[int]:
-    """A line (token ids, end-of-sentence last) as the backward direction reads it: the tokens reversed, then
-    the end of the line, which there stands for "the line starts here"."""
-    return [*reversed(line[:-1]), line[-1]]
-
-
-def unreverse_scores(nll: torch.Tensor) -> torch.Tensor:
-    """Scores of a reversed line put back in the line's own token order (the line-start score in the last place)."""
-    return torch.cat([nll[:-1].flip(0), nll[-1:]])
+def score_lines_backward(model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int,
+                         batch_size: int = 64) -> list[torch.Tensor]:
+    """The right-to-left direction's nll of every token of every line, each line read reversed from a fresh state
+    (its tokens backwards, then the end of the line, which there stands for "the line starts here"). Scores come
+    back in the line's own token order, the line-start score in the end-of-sentence place."""
+    reversed_lines = [[*reversed(line[:-1]), line[-1]] for line in lines]
+    scores = score_token_lines(model, reversed_lines, eos_id, "line", batch_size, backward=True)
+    return [torch.cat([nll[:-1].flip(0), nll[-1:]]) for nll in scores]
 
 
 def score_stream_lines(model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, hidden=None,

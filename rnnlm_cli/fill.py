@@ -13,6 +13,7 @@ included: the left context, the filler and the right context all count, so the w
 from __future__ import annotations
 
 import logging
+from functools import partial
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import FillConfig
 from rnnlm_cli.errors import ConfigError, InputError
-from rnnlm_cli.evaluate import reverse_line, score_token_lines
+from rnnlm_cli.evaluate import score_lines_backward, score_token_lines
 from rnnlm_cli.model import RNNLanguageModel, select_rows
 from rnnlm_cli.runtime import autocast, resolve_device
 
@@ -89,7 +90,7 @@ class BlankFiller:
         if not self._warned_context and tokenizer.encode(left + right).oov:
             log.warning("context words outside the vocabulary become <unk> (first seen in %r)", sentence)
             self._warned_context = True
-        directions = {"forward": [False], "backward": [True], "both": [False, True]}[self.model.config.direction]
+        directions = self.model.config.readings()
         with torch.inference_mode(), autocast(self.device, config.precision):
             if config.candidates is None:
                 fillers = list(range(2, tokenizer.vocab_size))  # every word but <unk> and <eos>
@@ -113,9 +114,8 @@ class BlankFiller:
 
     def _sentence_logprobs(self, lines: list[list[int]], backward: bool) -> torch.Tensor:
         """Log-probability (float64) of each whole sentence, read left to right or (``backward``) right to left."""
-        if backward:
-            lines = [reverse_line(line) for line in lines]
-        nll = score_token_lines(self.model, lines, self.tokenizer.eos_id, "line", self.config.batch_size, backward)
+        score = score_lines_backward if backward else partial(score_token_lines, context="line")
+        nll = score(self.model, lines, self.tokenizer.eos_id, batch_size=self.config.batch_size)
         return torch.stack([-part.double().sum() for part in nll])
 
 

@@ -75,6 +75,10 @@ class ModelConfig:
                               f"softmax clusters (cluster i projects to hidden-size / {ADAPTIVE_DIV}^i units); "
                               f"give fewer --cutoffs or a bigger model")
 
+    def readings(self) -> list[bool]:
+        """The directions the model reads text in, as "reversed?" flags: [False], [True] or [False, True]."""
+        return {"forward": [False], "backward": [True], "both": [False, True]}[self.direction]
+
     def dropouts(self) -> tuple[float, float, float]:
         """(input, hidden, output) dropout probabilities."""
         pick = [self.dropout if p is None else p for p in (self.dropout_input, self.dropout_hidden,

@@ -50,7 +50,7 @@ from rnnlm_cli.checkpoint import Checkpoint, current_versions, load_checkpoint, 
 from rnnlm_cli.config import TrainConfig, save_interval
 from rnnlm_cli.data import BPTTBatches, Dataset, line_ends, stream_share
 from rnnlm_cli.errors import CheckpointError, ConfigError, DatasetError, TrainingError, TrainingInterrupted
-from rnnlm_cli.evaluate import reverse_line, score_stream, score_token_lines
+from rnnlm_cli.evaluate import score_lines_backward, score_stream
 from rnnlm_cli.model import Hidden, ModelConfig, RNNLanguageModel, detach_hidden
 from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, seed_everything
 
@@ -176,13 +176,13 @@ class _Trainer:
         self.tokenizer = self.dataset.tokenizer
         train_ids, self.valid_ids, self.validation_source = _training_and_validation(
             self.dataset, config.valid_fraction)
+        self.model = RNNLanguageModel(ModelConfig(self.tokenizer.vocab_size, **config.architecture())).to(self.device)
         # one entry per direction trained: reversed (right to left) or not; reversal is a view, never a copy
-        self.reversed = {"forward": [False], "backward": [True], "both": [False, True]}[config.direction]
+        self.reversed = self.model.config.readings()
         self.streams = [BPTTBatches(train_ids[::-1] if backward else train_ids, config.batch_size, config.bptt,
                                     self.tokenizer.eos_id, shard=(self.world.rank, self.world.size))
                         for backward in self.reversed]
         self.batches = self.streams[0]
-        self.model = RNNLanguageModel(ModelConfig(self.tokenizer.vocab_size, **config.architecture())).to(self.device)
         if self.world.rank:
             torch.manual_seed(config.seed + self.world.rank)  # its own dropout masks; the weights come from rank 0
         self.optimizer = _make_optimizer(config, self.model)
@@ -420,9 +420,8 @@ class _Trainer:
         if count:
             with autocast(self.device, self.precision):
                 if backward:
-                    lines = [reverse_line(line.tolist()) for line in np.split(np.asarray(ids, dtype=np.int64),
-                                                                                line_ends(ids, eos)[:-1])]
-                    nll = torch.cat(score_token_lines(self.model, lines, eos, "line", backward=True))
+                    lines = [line.tolist() for line in np.split(np.asarray(ids), line_ends(ids, eos)[:-1])]
+                    nll = torch.cat(score_lines_backward(self.model, lines, eos))
                 else:
                     nll, _ = score_stream(self.model, torch.from_numpy(np.asarray(ids, dtype=np.int64)), eos)
             total = float(nll.sum(dtype=torch.float64))

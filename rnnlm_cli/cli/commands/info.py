@@ -104,11 +104,7 @@ def _curve(history):
     from rich.table import Table
 
     values = [record[key] for record in history for key in ("train_ppl", "valid_ppl")]
-    low, high = math.log(min(values)), math.log(max(values))
-
-    def bar(ppl: float, style: str) -> str:
-        filled = 1 + round((BAR_WIDTH - 1) * (math.log(ppl) - low) / (high - low)) if high > low else BAR_WIDTH
-        return f"[{style}]{'━' * filled}[/]"
+    low, high = min(values), max(values)
 
     table = Table(title="training curve (bars: perplexity, log scale; blue train, green validation)",
                   title_justify="left")
@@ -117,7 +113,8 @@ def _curve(history):
     for record in history:
         epoch = f"{record['epoch']}{'' if record.get('complete', True) else ' (partial)'}"
         table.add_row(epoch, output.number(record["train_ppl"]), output.number(record["valid_ppl"]),
-                      bar(record["train_ppl"], "blue") + "\n" + bar(record["valid_ppl"], "green"),
+                      _log_bar(record["train_ppl"], low, high, "blue") + "\n"
+                      + _log_bar(record["valid_ppl"], low, high, "green"),
                       f"{record['lr']:.4g}", f"{100 * record.get('clipped_fraction', 0):.0f}%",
                       output.number(record["seconds"], 1), output.number(record["tokens_per_second"], 0))
     return table

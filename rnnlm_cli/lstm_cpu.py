@@ -4,9 +4,12 @@ The forward pass runs the recurrence step by step, but every matrix product that
 the recurrence is one large GEMM over all time steps: the input projection in the forward pass,
 and the input gradient and both weight gradients in the backward pass. With ``dtype=bfloat16`` the
 products run in bf16 (fp32 accumulation) while the cell state, the gates and all gradients handed
-back stay in fp32. On this project's CPUs it trains faster than PyTorch's oneDNN LSTM in fp32 and
-in bf16 (docs/benchmarks.md). The math and the parameter layout are exactly ``nn.LSTM``'s
-(gates i, f, g, o), so the same weights run through ``nn.LSTM`` for inference.
+back stay in fp32. The products' inputs are cast once and saved in ``dtype`` for the backward pass
+(the input sequence, both weights, every step's h and gate gradient), which halves what bf16
+training keeps for it and saves a cast of each. On this project's CPUs it trains faster than
+PyTorch's oneDNN LSTM in fp32 and in bf16 (docs/benchmarks.md). The math and the parameter layout
+are exactly ``nn.LSTM``'s (gates i, f, g, o), so the same weights run through ``nn.LSTM`` for
+inference.
 """
 
 from __future__ import annotations
@@ -21,16 +24,18 @@ class LSTMLayerFunction(torch.autograd.Function):
                 dtype: torch.dtype):
         steps, batch, inputs = x.shape  # (T, B, E)
         hidden = w_hh.shape[1]
-        w_hh_t = w_hh.to(dtype).t().contiguous()  # (H, 4H) in row-major order: the faster layout for mm
-        projected = torch.mm(x.reshape(steps * batch, inputs).to(dtype), w_ih.t().to(dtype)).float()
+        x_low, w_ih_low, w_hh_low = x.reshape(steps * batch, inputs).to(dtype), w_ih.to(dtype), w_hh.to(dtype)
+        w_hh_t = w_hh_low.t().contiguous()  # (H, 4H) in row-major order: the faster layout for mm
+        projected = torch.mm(x_low, w_ih_low.t()).float()
         projected = projected.add_(b_ih + b_hh).view(steps, batch, 4 * hidden)  # (T, B, 4H)
         gates = torch.empty(steps, batch, 4 * hidden)  # after their nonlinearities
         cells = torch.empty(steps, batch, hidden)
         tanh_cells = torch.empty(steps, batch, hidden)
         outputs = torch.empty(steps, batch, hidden)
-        h, c = h0, c0
+        inputs_low = torch.empty(steps, batch, hidden, dtype=dtype)  # h_{t-1} in dtype: the recurrent product's input
+        h, c = inputs_low[0].copy_(h0), c0
         for t in range(steps):
-            pre = projected[t].add_(torch.mm(h.to(dtype), w_hh_t).float())  # (B, 4H)
+            pre = projected[t].add_(torch.mm(h, w_hh_t))  # (B, 4H)
             gate = gates[t]
             torch.sigmoid(pre[:, : 2 * hidden], out=gate[:, : 2 * hidden])  # i, f
             torch.tanh(pre[:, 2 * hidden : 3 * hidden], out=gate[:, 2 * hidden : 3 * hidden])  # g
@@ -38,19 +43,20 @@ class LSTMLayerFunction(torch.autograd.Function):
             i, f, g, o = gate.chunk(4, dim=1)
             c = torch.addcmul(f * c, i, g, out=cells[t])
             torch.tanh(c, out=tanh_cells[t])
-            h = torch.mul(o, tanh_cells[t], out=outputs[t])
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, cells, tanh_cells, outputs)
+            torch.mul(o, tanh_cells[t], out=outputs[t])
+            if t + 1 < steps:
+                h = inputs_low[t + 1].copy_(outputs[t])
+        ctx.save_for_backward(x_low, c0, w_ih_low, w_hh_low, gates, cells, tanh_cells, inputs_low)
         ctx.dtype = dtype
-        return outputs, h.clone(), c.clone()
+        return outputs, outputs[-1].clone(), c.clone()
 
     @staticmethod
-    def backward(ctx, grad_outputs: Tensor, grad_h: Tensor, grad_c: Tensor):
-        x, h0, c0, w_ih, w_hh, gates, cells, tanh_cells, outputs = ctx.saved_tensors
+    def backward(ctx, grad_outputs: Tensor | None, grad_h: Tensor | None, grad_c: Tensor | None):
+        x_low, c0, w_ih_low, w_hh_low, gates, cells, tanh_cells, inputs_low = ctx.saved_tensors
         dtype = ctx.dtype
-        steps, batch, inputs = x.shape
-        hidden = w_hh.shape[1]
-        w_hh_low = w_hh.to(dtype)
+        steps, batch, hidden = cells.shape
         grad_gates = torch.empty(steps, batch, 4 * hidden)  # before the nonlinearities
+        grad_gates_low = torch.empty(steps, batch, 4 * hidden, dtype=dtype)
         dh = torch.zeros(batch, hidden) if grad_h is None else grad_h.clone()
         dc = torch.zeros(batch, hidden) if grad_c is None else grad_c.clone()
         for t in range(steps - 1, -1, -1):
@@ -66,14 +72,12 @@ class LSTMLayerFunction(torch.autograd.Function):
             torch.mul(dc * i, 1 - g * g, out=d[:, 2 * hidden : 3 * hidden])
             torch.mul(dh * tanh_c, o * (1 - o), out=d[:, 3 * hidden :])
             dc = dc * f
-            dh = torch.mm(d.to(dtype), w_hh_low).float()
-        flat = grad_gates.view(steps * batch, 4 * hidden)
-        flat_low = flat.to(dtype)
-        grad_x = torch.mm(flat_low, w_ih.to(dtype)).float().view(steps, batch, inputs)
-        grad_w_ih = torch.mm(flat_low.t(), x.reshape(steps * batch, inputs).to(dtype)).float()
-        previous = torch.cat([h0[None], outputs[:-1]]).view(steps * batch, hidden)
-        grad_w_hh = torch.mm(flat_low.t(), previous.to(dtype)).float()
-        grad_bias = flat.sum(0)
+            dh = torch.mm(grad_gates_low[t].copy_(d), w_hh_low).float()
+        flat_low = grad_gates_low.view(steps * batch, 4 * hidden)
+        grad_x = torch.mm(flat_low, w_ih_low).float().view(steps, batch, -1)
+        grad_w_ih = torch.mm(flat_low.t(), x_low).float()
+        grad_w_hh = torch.mm(flat_low.t(), inputs_low.view(steps * batch, hidden)).float()
+        grad_bias = grad_gates.view(steps * batch, 4 * hidden).sum(0)
         return grad_x, dh, dc, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None
 
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from rnnlm_cli.config import DEFAULT_CUTOFFS, check_architecture
 from rnnlm_cli.errors import ConfigError
 from rnnlm_cli.lstm_cpu import lstm_layer
-from rnnlm_cli.output_loss import linear_cross_entropy
+from rnnlm_cli.output_loss import linear_cross_entropy, linear_nll
 
 # LSTM state is (h, c); the other cells carry h alone. Each is (layers, batch, hidden_size).
 Hidden = Union[Tensor, tuple[Tensor, Tensor]]
@@ -200,22 +200,24 @@ class RNNLanguageModel(nn.Module):
             with _fp32(features):
                 return self.decoder(features.float(), targets).loss
         if features.device.type == "cpu":
-            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
-            return linear_cross_entropy(features, self.decoder.weight, self.decoder.bias, targets, dtype)
+            return linear_cross_entropy(features, self.decoder.weight, self.decoder.bias, targets, _cpu_dtype())
         return F.cross_entropy(self.decoder(features).float(), targets)
 
     def token_nll(self, features: Tensor, targets: Tensor, chunk_size: int = 1024) -> Tensor:
         """Negative log-likelihood (nats) of each target, in fp32, decoding at most ``chunk_size`` positions at a time.
 
-        features: (N, H); targets: (N,). Chunking bounds the memory of an N x vocab_size logit matrix.
+        features: (N, H); targets: (N,). Chunking bounds the memory of an N x vocab_size logit matrix. On CPUs the
+        full softmax scores each chunk in one pass over its logits (``output_loss.linear_nll``).
         """
+        chunks = list(zip(features.split(chunk_size), targets.split(chunk_size)))
         if self.config.softmax == "adaptive":
             with _fp32(features):
-                pieces = [-self.decoder(part.float(), target).output
-                          for part, target in zip(features.split(chunk_size), targets.split(chunk_size))]
+                pieces = [-self.decoder(part.float(), target).output for part, target in chunks]
+        elif features.device.type == "cpu":
+            weight, bias, dtype = self.decoder.weight, self.decoder.bias, _cpu_dtype()
+            pieces = [linear_nll(part, weight, bias, target, dtype) for part, target in chunks]
         else:
-            pieces = [F.cross_entropy(self.decoder(part).float(), target, reduction="none")
-                      for part, target in zip(features.split(chunk_size), targets.split(chunk_size))]
+            pieces = [F.cross_entropy(self.decoder(part).float(), target, reduction="none") for part, target in chunks]
         return torch.cat(pieces) if pieces else features.new_zeros(0)
 
     def hidden_gradient_norms(self, ids: Tensor, targets: Tensor) -> Tensor:
@@ -276,8 +278,7 @@ class RNNLanguageModel(nn.Module):
         if self._cpu_lstm_kernel(x):
             batch = x.shape[1]
             h0, c0 = state if state is not None else (x.new_zeros(batch, self.config.hidden_size),) * 2
-            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
-            output, h, c = lstm_layer(x, h0, c0, *weights, dtype=dtype)
+            output, h, c = lstm_layer(x, h0, c0, *weights, dtype=_cpu_dtype())
             return output, (h, c)
         template = self._single_layer(layer)
         names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
@@ -292,6 +293,11 @@ class RNNLanguageModel(nn.Module):
             extra = {"nonlinearity": self.rnn.nonlinearity} if rnn_class is nn.RNN else {}
             self._single_layers[layer] = rnn_class(size, self.config.hidden_size, 1, device="meta", **extra)
         return self._single_layers[layer]
+
+
+def _cpu_dtype() -> torch.dtype:
+    """The dtype of matrix products on the CPU: the autocast one (bf16) if autocast is on, else fp32."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
 
 
 def _fp32(like: Tensor) -> torch.autocast:

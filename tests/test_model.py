@@ -7,7 +7,7 @@ import torch
 
 from rnnlm_cli.lstm_cpu import lstm_layer
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel
-from rnnlm_cli.output_loss import linear_cross_entropy
+from rnnlm_cli.output_loss import linear_cross_entropy, linear_nll
 
 
 def test_lstm_kernel_matches_nn_lstm_forward_and_backward():
@@ -71,6 +71,31 @@ def test_fused_output_loss_matches_linear_and_cross_entropy(rows, bias):
     with torch.no_grad():  # scoring without gradients gives the same loss
         assert torch.allclose(linear_cross_entropy(features, linear.weight, linear.bias, targets, torch.float32),
                               expected[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 33, 70])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_scoring_nll_matches_cross_entropy_per_token(rows, bias):
+    torch.manual_seed(rows)
+    linear = torch.nn.Linear(12, 50, bias=bias)
+    features, targets = torch.randn(rows, 12) * 3, torch.randint(0, 50, (rows,))
+    expected = torch.nn.functional.cross_entropy(linear(features), targets, reduction="none").detach()
+    got = linear_nll(features, linear.weight, linear.bias, targets)
+    assert got.shape == (rows,) and got.dtype == torch.float32
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # bf16 products: each logit is rounded to bf16 (relative error 2^-8), the log-softmax stays fp32
+    low = linear_nll(features, linear.weight, linear.bias, targets, torch.bfloat16)
+    logit_scale = linear(features).detach().abs().max()
+    assert (low - expected).abs().max() <= 2 * 2**-8 * logit_scale
+    assert not torch.equal(low, got)
+
+
+def test_token_nll_on_cpu_equals_cross_entropy_of_the_logits():
+    torch.manual_seed(3)
+    model = RNNLanguageModel(ModelConfig(vocab_size=40, emb_size=8, hidden_size=8, layers=1))
+    features, targets = torch.randn(2500, 8), torch.randint(0, 40, (2500,))
+    expected = torch.nn.functional.cross_entropy(model.logits(features), targets, reduction="none").detach()
+    assert torch.allclose(model.token_nll(features, targets, chunk_size=1000), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("cell,kernel", [("lstm", True), ("lstm", False), ("gru", False), ("rnn_tanh", False)])

@@ -88,8 +88,9 @@ def report(args: argparse.Namespace, checkpoint: Path, run: dict, seconds: float
         rows.append(f"| {epoch} | {record['lr']:.4g} | {record['train_ppl']:.2f} | {record['valid_ppl']:.2f} | "
                     f"{100 * record['clipped_fraction']:.0f}% | {record['tokens_per_second']:,.0f} | "
                     f"{since_start / 60:.1f} |")
-    segments = 1 + sum(after["elapsed_seconds"] < record["elapsed_seconds"]
-                       for record, after in zip(history, history[1:]))
+    segments = max(1 + sum(after["elapsed_seconds"] < record["elapsed_seconds"]
+                           for record, after in zip(history, history[1:])),
+                   max(record.get("process", 1) for record in history))
     how = ("the whole process" if segments == 1 else
            f"the run was trained in {segments} segments continued with --resume; this is their sum")
     if args.report:
@@ -111,10 +112,10 @@ def report(args: argparse.Namespace, checkpoint: Path, run: dict, seconds: float
 
 
 def cumulative_elapsed(history: list[dict]) -> list[float]:
-    """Each record's wall-clock seconds since the run began. `rnnlm train` counts ``elapsed_seconds`` from the
-    start of each process, so a resumed segment shows up as a record whose clock went back; the segments before
-    it are added on. (A segment whose first validation comes later than the previous segment's last would go
-    unnoticed; the presets validate every few minutes, well before any segment's end.)"""
+    """Each record's wall-clock seconds since the run began. `rnnlm train` counts ``elapsed_seconds`` over the
+    whole run, resumed processes included; checkpoints written before it did (format 3 files without a
+    ``process`` field in their records) counted from the start of each process, so there a resumed segment shows
+    up as a record whose clock went back, and the segments before it are added on."""
     since_start, base, previous = [], 0.0, 0.0
     for record in history:
         if record["elapsed_seconds"] < previous:  # a resumed segment begins

@@ -77,7 +77,8 @@ class TrainResult:
     best_valid_ppl: float
     best_epoch: int
     stop_reason: str  # completed | early_stop | max_time
-    elapsed_seconds: float  # this run's wall-clock time
+    elapsed_seconds: float  # the run's wall-clock time, over every process that trained it (resumed ones too)
+    process_seconds: float  # this process's wall-clock time
     precision: str  # fp32 or bf16, as resolved from the config
     history: list[dict[str, Any]] = field(default_factory=list)
     validation: str = ""  # where the validation text came from
@@ -149,6 +150,10 @@ class _Progress:
     epoch_seconds: float = 0.0
     epoch_steps: int = 0
     epoch_clipped_steps: int = 0  # steps of this epoch whose gradient norm was clipped
+    # wall-clock seconds of the processes before this one (up to each one's last save), and how many there were:
+    # records and results count time over the whole run, however often it was resumed
+    earlier_seconds: float = 0.0
+    earlier_processes: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -247,7 +252,7 @@ class _Trainer:
             if improved and self.world.is_main:
                 save_checkpoint(self._checkpoint(with_state=False), self.out)
             self._save_state()
-            log.info(_epoch_line(record, config.epochs, improved, time.monotonic() - self.started))
+            log.info(_epoch_line(record, config.epochs, improved, self._elapsed()))
             if state.epoch < config.epochs:
                 _, _, signum = self._agree(0.0, False, None)
                 if signum > 1:
@@ -267,7 +272,8 @@ class _Trainer:
             best_valid_ppl=math.exp(min(best, 700)) if math.isfinite(best) else math.inf,
             best_epoch=state.best_epoch,
             stop_reason=stop_reason,
-            elapsed_seconds=time.monotonic() - self.started,
+            elapsed_seconds=self._elapsed(),
+            process_seconds=time.monotonic() - self.started,
             precision=self.precision,
             history=state.history,
             validation=self.validation_source,
@@ -443,7 +449,8 @@ class _Trainer:
             "valid_ppl": math.exp(min(valid_loss, 700)),
             "lr": state.lr,
             "seconds": state.epoch_seconds,
-            "elapsed_seconds": time.monotonic() - self.started,
+            "elapsed_seconds": self._elapsed(),
+            "process": state.earlier_processes + 1,
             "tokens_per_second": state.epoch_tokens / max(state.epoch_seconds, 1e-9),
             "clipped_fraction": state.epoch_clipped_steps / max(state.epoch_steps, 1),
         }
@@ -515,10 +522,16 @@ class _Trainer:
         return Checkpoint(self.model.config, self.model.state_dict(), self.tokenizer.to_dict(), record,
                           self.data_record, current_versions())
 
+    def _elapsed(self) -> float:
+        """Wall-clock seconds of the whole run so far: the earlier processes' and this one's."""
+        return self.state.earlier_seconds + time.monotonic() - self.started
+
     def _resume_state(self) -> dict[str, Any]:
         """Everything needed to continue exactly. With several processes it is pooled from all of them (a
         collective): the hidden state of every stream, and each process's random generator."""
         saved = asdict(self.state)
+        saved["earlier_seconds"] = self._elapsed()  # what the next process, resuming from here, adds to its own
+        saved["earlier_processes"] = self.state.earlier_processes + 1
         saved["optimizer"] = self.optimizer.state_dict()  # the same in every process
         saved["rng"] = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":

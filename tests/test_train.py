@@ -72,6 +72,14 @@ def test_max_time_stops_mid_epoch_and_resume_finishes_exactly(cli, word_dataset,
     assert complete == [r["valid_loss"] for r in straight["history"]]
     for name, tensor in _weights(tmp_path / "a.last.pt").items():
         assert torch.equal(tensor, _weights(tmp_path / "b.last.pt")[name]), name
+    # time counts over the whole run: the resumed process adds its own to the first one's (up to its last save)
+    assert [r["process"] for r in resumed["history"]] == [1] + [2] * (len(resumed["history"]) - 1)
+    first = summary["history"][0]["elapsed_seconds"]
+    assert summary["elapsed_seconds"] == pytest.approx(summary["process_seconds"], abs=0.05)
+    earlier = resumed["elapsed_seconds"] - resumed["process_seconds"]
+    assert first <= earlier <= summary["process_seconds"]
+    clocks = [r["elapsed_seconds"] for r in resumed["history"]]
+    assert clocks == sorted(clocks) and clocks[1] > earlier
 
 
 def test_plateau_decay_and_early_stop(cli, word_dataset, tmp_path):

@@ -4,9 +4,10 @@
 N x vocab logits in memory: the product with the bias, a copy to fp32, log-softmax, and in the
 backward pass a zero-filled gradient, the log-softmax gradient (a second exponential) and a copy
 back to bf16. Here the forward pass works through the logits a block of rows at a time while the
-block is in cache: the bias is added in fp32, one exponential gives both the loss of each row
-(log-sum-exp) and the gradient of the mean loss with respect to its logits, (softmax - one-hot) / N,
-which is written over the logits in the products' dtype: all the backward pass needs.
+block is in cache: the bias is added in fp32, one softmax gives both the loss of each row
+(-log of the target's probability) and the gradient of the summed loss with respect to its logits,
+softmax - one-hot, which is written over the logits in the products' dtype: all the backward pass
+needs (it applies the mean's 1 / N to the products' results, which are smaller than the logits).
 """
 
 from __future__ import annotations
@@ -15,32 +16,38 @@ import torch
 from torch import Tensor
 
 ROWS_PER_BLOCK = 32
+TINY_PROBABILITY = 1e-30  # fp32 keeps full precision down to about 1e-38
 
 
 def _row_losses(logits: Tensor, bias: Tensor | None, targets: Tensor, grad_bias: Tensor | None,
                 write_grad: bool) -> Tensor:
     """Per-row nll (fp32) of ``logits + bias`` (N, V) against ``targets`` (N,), a block of rows at a time.
 
-    With ``write_grad`` the gradient of the mean loss over the N rows replaces the logits, and its column sums
-    are added to ``grad_bias`` (when given).
+    With ``write_grad`` the gradient of the summed loss over the N rows, softmax - one-hot, replaces the logits
+    (the caller scales it: by 1 / N for the mean), and its column sums are added to ``grad_bias`` (when given).
+    PyTorch's softmax kernels work through one row at a time in cache, which beats separate passes for the
+    maximum, the exponential and the sum over a block.
     """
-    rows = logits.shape[0]
-    losses = torch.empty(rows)
-    for start in range(0, rows, ROWS_PER_BLOCK):
-        stop = min(start + ROWS_PER_BLOCK, rows)
+    losses = torch.empty(logits.shape[0])
+    for start in range(0, logits.shape[0], ROWS_PER_BLOCK):
+        stop = min(start + ROWS_PER_BLOCK, logits.shape[0])
         block = logits[start:stop].float() if bias is None else logits[start:stop] + bias  # fp32
         target = targets[start:stop, None]
-        target_logit = block.gather(1, target).squeeze(1)
-        top = block.amax(1, keepdim=True)
-        exp = block.sub_(top).exp_()
-        total = exp.sum(1)
-        losses[start:stop] = total.log().add_(top.squeeze(1)).sub_(target_logit)  # log-sum-exp - target
-        if write_grad:  # d(mean loss)/d(logits) = (softmax - one-hot) / N, written over the logits
-            grad = exp.mul_(total.mul_(rows).reciprocal_().unsqueeze(1))
-            grad.scatter_add_(1, target, grad.new_full(target.shape, -1.0 / rows))
-            if grad_bias is not None:
-                grad_bias += grad.sum(0)
-            logits[start:stop] = grad
+        if not write_grad:
+            losses[start:stop] = torch.log_softmax(block, 1).gather(1, target).squeeze(1).neg_()
+            continue
+        probabilities = torch.softmax(block, 1)
+        target_probability = probabilities.gather(1, target).squeeze(1)
+        loss = losses[start:stop]
+        torch.log(target_probability, out=loss).neg_()
+        tiny = target_probability < TINY_PROBABILITY
+        if tiny.any():  # below it the probability has lost precision (or is 0): log-sum-exp minus the target logit
+            rows = block[tiny]
+            loss[tiny] = torch.logsumexp(rows, 1) - rows.gather(1, target[tiny]).squeeze(1)
+        probabilities.scatter_add_(1, target, probabilities.new_full(target.shape, -1.0))
+        if grad_bias is not None:
+            grad_bias += probabilities.sum(0)
+        logits[start:stop] = probabilities
     return losses
 
 
@@ -59,18 +66,19 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
-        grad_logits, features_low, weight_low, grad_bias = ctx.saved_tensors
-        scale = float(grad_loss)
+        grad_logits, features_low, weight_low, grad_bias = ctx.saved_tensors  # of the summed loss
+        scale = float(grad_loss) / grad_logits.shape[0]  # the mean's 1 / N, applied to the products' results
         grad_features = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_features = torch.mm(grad_logits, weight_low).float()
+            grad_features = _scaled(torch.mm(grad_logits, weight_low), scale)
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.mm(grad_logits.t(), features_low).float()
-        if scale != 1.0:
-            grad_features = None if grad_features is None else grad_features.mul_(scale)
-            grad_weight = None if grad_weight is None else grad_weight.mul_(scale)
-            grad_bias = None if grad_bias is None else grad_bias * scale
-        return grad_features, grad_weight, grad_bias, None, None
+            grad_weight = _scaled(torch.mm(grad_logits.t(), features_low), scale)
+        return grad_features, grad_weight, None if grad_bias is None else grad_bias * scale, None, None
+
+
+def _scaled(product: Tensor, scale: float) -> Tensor:
+    """``product * scale`` in fp32, cast and scaled in one pass."""
+    return torch.mul(product, scale, out=torch.empty(product.shape))
 
 
 def linear_cross_entropy(features: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,

@@ -73,6 +73,25 @@ def test_fused_output_loss_matches_linear_and_cross_entropy(rows, bias):
                               expected[0], rtol=1e-5)
 
 
+def test_fused_loss_of_a_target_far_below_the_others_is_exact():
+    # probabilities of e^-200 underflow in fp32: the loss must still be the log-sum-exp minus the target logit
+    torch.manual_seed(5)
+    weight = torch.randn(50, 4)
+    features = torch.randn(40, 4)
+    targets = torch.randint(0, 50, (40,))
+    weight[targets[3]] = 0.0
+    features[3] = weight[(targets[3] + 1) % 50] * 200 / weight[(targets[3] + 1) % 50].square().sum()
+    logits = features @ weight.t()
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    assert expected[3] > 150
+    features.requires_grad_()
+    loss = linear_cross_entropy(features, weight, None, targets, torch.float32)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(features.grad).all()
+    assert torch.allclose(linear_nll(features.detach(), weight, None, targets), expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize("rows", [1, 33, 70])
 @pytest.mark.parametrize("bias", [True, False])
 def test_fused_scoring_nll_matches_cross_entropy_per_token(rows, bias):

@@ -20,6 +20,7 @@ import json
 import math
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -127,12 +128,14 @@ def cumulative_elapsed(history: list[dict]) -> list[float]:
 
 def compare_precisions(preset: str, out_dir: Path, data: Path) -> None:
     """Validation and test ppl and speed of the finished ``auto`` and ``fp32`` runs of ``preset``."""
-    rows = ["| precision | epochs | best valid ppl | PTB test ppl | median tokens/s in an epoch | wall-clock (min) |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| precision | epochs | best valid ppl | PTB test ppl | median tokens/s in an epoch | wall-clock (min) | "
+            "finished |", "|---|---:|---:|---:|---:|---:|---|"]
     valid = {}
     for name in ("auto", "fp32"):
         checkpoint = out_dir / f"ptb-{preset}-{name}.pt"
-        train = load_checkpoint(last_state_path(checkpoint)).train
+        last = last_state_path(checkpoint)
+        train = load_checkpoint(last).train
+        finished = time.strftime("%Y-%m-%d %H:%M", time.localtime(last.stat().st_mtime))
         history = train["history"]
         _, stdout = run_rnnlm("eval", checkpoint, data / "test.txt", "--json", "-q")
         test_ppl = json.loads(stdout)["total"]["ppl"]
@@ -140,7 +143,7 @@ def compare_precisions(preset: str, out_dir: Path, data: Path) -> None:
         speed = statistics.median(record["tokens_per_second"] for record in history)
         minutes = cumulative_elapsed(history)[-1] / 60
         rows.append(f"| {name} ({train['precision']}) | {len(history)} | {valid[name]:.2f} | {test_ppl:.2f} | "
-                    f"{speed:,.0f} | {minutes:.1f} |")
+                    f"{speed:,.0f} | {minutes:.1f} | {finished} |")
     change = 100 * (valid["auto"] - valid["fp32"]) / valid["fp32"]
     body = "\n\n".join([
         f"## bf16 against fp32 on the `{preset}` preset (`bench/presets.py {preset} --compare`)",
@@ -148,7 +151,8 @@ def compare_precisions(preset: str, out_dir: Path, data: Path) -> None:
         f"`--precision fp32`, same seed. bf16's best validation ppl is {change:+.2f}% from fp32's (the aim: within "
         "2%). The speed column is the median over epochs of tokens/s inside the epoch, which other work on the "
         "machine disturbs least; wall-clock minutes are as measured, see each run's own section for its "
-        "circumstances.",
+        "circumstances. Runs finished on different days may come from different versions of rnnlm (speed-ups "
+        "land between them) and met a machine whose speed drifts, so compare the speed column with care.",
         "\n".join(rows),
     ])
     publish(f"precision-{preset}", body, dry_run=False)

@@ -150,6 +150,18 @@ def test_variational_dropout_shares_one_mask_across_time():
     assert not torch.equal(*plain._dropout(x, 0.5)[:2])  # standard dropout: a new mask per step
 
 
+@pytest.mark.parametrize("p", [0.3, 0.65])
+def test_dropout_keeps_the_share_1_minus_p_scaled_by_its_inverse(p):
+    torch.manual_seed(6)
+    model = RNNLanguageModel(ModelConfig(10, emb_size=6, hidden_size=6, layers=1, dropout=p))
+    model.train()
+    dropped = model._dropout(torch.ones(50, 40, 100), p)
+    assert dropped.dtype == torch.float32
+    assert dropped.unique().tolist() == [0.0, pytest.approx(1 / (1 - p))]
+    assert (dropped > 0).float().mean().item() == pytest.approx(1 - p, abs=0.01)  # 200,000 draws: sd 0.001
+    assert dropped.mean().item() == pytest.approx(1.0, abs=0.02)  # the expected value is kept
+
+
 def test_word_dropout_removes_whole_words():
     torch.manual_seed(4)
     model = RNNLanguageModel(ModelConfig(20, emb_size=5, hidden_size=5, layers=1, dropout=0.0, word_dropout=0.5))

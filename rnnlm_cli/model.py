@@ -121,6 +121,9 @@ class RNNLanguageModel(nn.Module):
             self.decoder.weight = self.embedding.weight
         self.reset_parameters()
         self._single_layers: dict[int, nn.RNNBase] = {}  # shape templates for per-layer calls (no weights)
+        # in training, the embedding's gradient as a sparse tensor of the rows read instead of a dense, mostly
+        # zero vocabulary x emb_size one; the trainer turns it on where its optimizer step takes one
+        self.sparse_embedding_gradient = False
 
     def reset_parameters(self) -> None:
         r = self.config.init_range
@@ -252,7 +255,7 @@ class RNNLanguageModel(nn.Module):
     def _embed(self, ids: Tensor) -> Tensor:
         p = self.config.word_dropout
         if not self.training or p == 0:
-            return self.embedding(ids)
+            return F.embedding(ids, self.embedding.weight, sparse=self.training and self.sparse_embedding_gradient)
         keep = _keep_mask((self.config.vocab_size, 1), p, self.embedding.weight)
         return F.embedding(ids, self.embedding.weight * keep)
 

@@ -191,6 +191,7 @@ class _Trainer:
         if self.world.rank:
             torch.manual_seed(config.seed + self.world.rank)  # its own dropout masks; the weights come from rank 0
         self.optimizer = _make_optimizer(config, self.model)
+        self.model.sparse_embedding_gradient = _sparse_embedding_gradient(config, self.model, self.world, self.device)
         self.state = _Progress(lr=config.lr)
         self.hiddens: list[Hidden | None] = [None] * len(self.streams)  # the state carried in each direction
         self.valid_losses: list[float] = []  # of each direction, at the last validation
@@ -353,7 +354,7 @@ class _Trainer:
         limit = config.clip if config.clip > 0 else math.inf
         if config.optimizer != "sgd" or config.weight_decay:
             return float(torch.nn.utils.clip_grad_norm_(parameters, limit)), None
-        norm = float(torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None]))
+        norm = gradient_norm(parameters)
         return norm, min(1.0, limit / (norm + 1e-6))  # clip_grad_norm_'s own factor
 
     def _step_with_lr(self, lr: float) -> None:
@@ -688,6 +689,31 @@ def _training_and_validation(dataset: Dataset, valid_fraction: float) -> tuple[n
     log.info("no valid split in %s: holding out %s for validation", dataset.directory,
              source.removeprefix("held out: "))
     return train_ids[:cut], train_ids[cut:], source
+
+
+def gradient_norm(parameters: list[nn.Parameter]) -> float:
+    """The global L2 norm of the parameters' gradients. A sparse gradient (the embedding's, where rows read
+    several times appear several times) is coalesced in place first, so that it is also ready for the step."""
+    grads = []
+    for parameter in parameters:
+        if parameter.grad is not None and parameter.grad.is_sparse:
+            parameter.grad = parameter.grad.coalesce()
+            grads.append(parameter.grad.values())
+        elif parameter.grad is not None:
+            grads.append(parameter.grad)
+    return float(torch.nn.utils.get_total_norm(grads))
+
+
+def _sparse_embedding_gradient(config: TrainConfig, model: RNNLanguageModel, world: distributed.World,
+                               device: torch.device) -> bool:
+    """Whether the embedding's gradient can be sparse: where plain SGD applies it (the step with the clipping
+    factor folded in, which adds just the rows read) and nothing else gives that matrix a dense gradient (tied
+    output weights, word dropout). One process on a CPU only: DistributedDataParallel and GPUs keep the dense
+    gradient this is tested against. A 2x200 step: the dense gradient's zero-filled 10,000 x 200 matrix, its
+    norm and its update cost about 5% of the step (docs/benchmarks.md)."""
+    model_config = model.config
+    return (config.optimizer == "sgd" and not config.weight_decay and not model_config.tie_weights
+            and model_config.word_dropout == 0 and not world.active and device.type == "cpu")
 
 
 def _make_optimizer(config: TrainConfig, model: RNNLanguageModel) -> torch.optim.Optimizer:

@@ -283,20 +283,26 @@ def test_out_of_range_training_options_are_usage_errors(cli, word_dataset, tmp_p
 
 def test_sgd_folds_clipping_into_the_learning_rate_without_changing_the_updates(cli, word_dataset, tmp_path,
                                                                                  monkeypatch):
-    """Plain SGD scales its step instead of the gradients: the same run as clipping the gradients first."""
+    """Plain SGD scales its step instead of the gradients, and takes the embedding's gradient as a sparse tensor
+    of the rows read: the same run as clipping dense gradients first."""
     from rnnlm_cli import train as train_module
 
     common = [*TINY_MODEL, "--epochs", "2", "--lr", "20", "--clip", "0.1", "--precision", "fp32", "--dropout", "0"]
+    sparse_choices = []
+    choose_sparse = train_module._sparse_embedding_gradient
+    monkeypatch.setattr(train_module, "_sparse_embedding_gradient",
+                        lambda *args: sparse_choices.append(choose_sparse(*args)) or sparse_choices[-1])
     folded = cli.json("train", word_dataset, "--out", tmp_path / "a.pt", *common, "-q")
-    original = train_module._Trainer._clip
+    assert sparse_choices == [True]
 
     def clip_in_place(self, parameters):
         limit = self.config.clip if self.config.clip > 0 else math.inf
         return float(torch.nn.utils.clip_grad_norm_(parameters, limit)), None
 
     monkeypatch.setattr(train_module._Trainer, "_clip", clip_in_place)
+    monkeypatch.setattr(train_module, "_sparse_embedding_gradient", lambda *args: False)
     clipped = cli.json("train", word_dataset, "--out", tmp_path / "b.pt", *common, "-q")
-    monkeypatch.setattr(train_module._Trainer, "_clip", original)
+    monkeypatch.undo()
     assert folded["history"][0]["clipped_fraction"] > 0.5  # the clip was active
     for a, b in zip(folded["history"], clipped["history"], strict=True):
         assert a["clipped_fraction"] == b["clipped_fraction"]
@@ -305,6 +311,22 @@ def test_sgd_folds_clipping_into_the_learning_rate_without_changing_the_updates(
         assert torch.allclose(tensor, _weights(tmp_path / "b.last.pt")[name], atol=1e-4), name
     # the learning rate kept in the state is the schedule's, not the scaled one of the last step
     assert load_checkpoint(tmp_path / "a.last.pt").train["state"]["optimizer"]["param_groups"][0]["lr"] == 20.0
+
+
+@pytest.mark.parametrize("change,sparse", [({}, True), ({"optimizer": "adam"}, False), ({"weight_decay": 1e-4}, False),
+                                           ({"tie_weights": True}, False), ({"word_dropout": 0.1}, False),
+                                           ({"processes": 2}, False), ({"device": "cuda"}, False)])
+def test_sparse_embedding_gradient_only_where_plain_sgd_applies_it(change, sparse):
+    from types import SimpleNamespace
+
+    from rnnlm_cli.model import ModelConfig, RNNLanguageModel
+    from rnnlm_cli.train import _sparse_embedding_gradient
+
+    config = SimpleNamespace(optimizer=change.get("optimizer", "sgd"), weight_decay=change.get("weight_decay", 0.0))
+    model = RNNLanguageModel(ModelConfig(30, emb_size=8, hidden_size=8, layers=1, tie_weights="tie_weights" in change,
+                                         word_dropout=change.get("word_dropout", 0.0)))
+    world = SimpleNamespace(active="processes" in change)
+    assert _sparse_embedding_gradient(config, model, world, torch.device(change.get("device", "cpu"))) is sparse
 
 
 def test_log_gradients_records_every_step_and_a_hidden_state_probe(cli, word_dataset, tmp_path):

@@ -1,0 +1,82 @@
+"""Where one training step of a preset's shape spends its time: milliseconds per step and the top operators.
+
+    python bench/step_profile.py --preset small           # 2x200, bptt 20, batch 20, bf16 on CPUs that have it
+    python bench/step_profile.py --preset medium --steps 10
+    python bench/step_profile.py --preset small --precision fp32
+
+Runs the calls `rnnlm train` makes for one step of plain SGD (the model's training forward pass and fused
+loss under the training precision, backward with a sparse embedding gradient, the global gradient norm,
+the SGD step) on random token ids over the
+PTB vocabulary size (10,000): speed does not depend on the data. Prints the mean step time over
+``--steps`` timed steps, then a torch.profiler table of the same number of steps (the profiler adds
+overhead, so its total is a little higher). Writes nothing; docs/benchmarks.md's profiling notes quote it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from rnnlm_cli.config import PRESETS
+from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden
+from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_precision
+from rnnlm_cli.train import gradient_norm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", choices=["small", "medium", "large"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=50, help="steps timed, and steps profiled")
+    parser.add_argument("--rows", type=int, default=25, help="operators shown")
+    parser.add_argument("--dense-embedding-gradient", action="store_true",
+                        help="the dense embedding gradient rnnlm train uses for other optimizers")
+    args = parser.parse_args()
+
+    keep_freed_memory()
+    torch.manual_seed(0)
+    preset = PRESETS[args.preset]
+    device = torch.device("cpu")
+    precision = resolve_precision(args.precision, device)
+    config = ModelConfig(10_000, **{key: preset[key] for key in ("cell", "emb_size", "hidden_size", "layers",
+                                                                 "dropout", "init_range")})
+    model = RNNLanguageModel(config).train()
+    model.sparse_embedding_gradient = not args.dense_embedding_gradient  # as rnnlm train does for plain SGD
+    parameters = list(model.parameters())
+    optimizer = torch.optim.SGD(parameters, lr=preset["lr"])
+    batch, bptt = preset["batch_size"], preset["bptt"]
+    inputs, targets = torch.randint(0, 10_000, (batch, bptt)), torch.randint(0, 10_000, (batch, bptt))
+    hidden = model.init_hidden(batch)
+
+    def step() -> None:
+        nonlocal hidden
+        with autocast(device, precision):
+            features, new_hidden = model.features(inputs, detach_hidden(hidden))
+            loss = model.loss(features.reshape(-1, features.shape[-1]), targets.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gradient_norm(parameters)
+        optimizer.step()
+        loss.item()
+        hidden = new_hidden
+
+    for _ in range(5):
+        step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    seconds = (time.perf_counter() - start) / args.steps
+    print(f"preset {args.preset} ({config.layers} x {config.hidden_size} {config.cell}, batch {batch}, bptt {bptt}), "
+          f"{precision}, {torch.get_num_threads()} threads: {seconds * 1e3:.1f} ms per step, "
+          f"{batch * bptt / seconds:,.0f} tokens/s")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for _ in range(args.steps):
+            step()
+    print(f"torch.profiler over {args.steps} steps (self time; divide by {args.steps} for one step):")
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -13,9 +13,9 @@ included: the left context, the filler and the right context all count, so the w
 from __future__ import annotations
 
 import logging
-from functools import partial
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -110,7 +110,6 @@ class BlankFiller:
         best = torch.topk(scores, min(config.top, len(texts))).indices.tolist()
         fillers_ranked = [Filler(texts[i], float(scores[i]), float(shares[i])) for i in best]
         return FillResult(sentence, fillers_ranked, len(texts), left_out)
-
 
     def _sentence_logprobs(self, lines: list[list[int]], backward: bool) -> torch.Tensor:
         """Log-probability (float64) of each whole sentence, read left to right or (``backward``) right to left."""

@@ -352,7 +352,7 @@ class _Trainer:
         """
         config = self.config
         limit = config.clip if config.clip > 0 else math.inf
-        if config.optimizer != "sgd" or config.weight_decay:
+        if not _plain_sgd(config):
             return float(torch.nn.utils.clip_grad_norm_(parameters, limit)), None
         norm = gradient_norm(parameters)
         return norm, min(1.0, limit / (norm + 1e-6))  # clip_grad_norm_'s own factor
@@ -712,8 +712,14 @@ def _sparse_embedding_gradient(config: TrainConfig, model: RNNLanguageModel, wor
     gradient this is tested against. A 2x200 step: the dense gradient's zero-filled 10,000 x 200 matrix, its
     norm and its update cost about 5% of the step (docs/benchmarks.md)."""
     model_config = model.config
-    return (config.optimizer == "sgd" and not config.weight_decay and not model_config.tie_weights
-            and model_config.word_dropout == 0 and not world.active and device.type == "cpu")
+    return (_plain_sgd(config) and not model_config.tie_weights and model_config.word_dropout == 0
+            and not world.active and device.type == "cpu")
+
+
+def _plain_sgd(config: TrainConfig) -> bool:
+    """SGD without weight decay: its step is the learning rate times the gradient, so the trainer folds the
+    clipping factor into the rate (``_Trainer._clip``) and can hand it a sparse embedding gradient."""
+    return config.optimizer == "sgd" and not config.weight_decay
 
 
 def _make_optimizer(config: TrainConfig, model: RNNLanguageModel) -> torch.optim.Optimizer:

@@ -28,14 +28,16 @@ DIRECTIONS = ("forward", "backward", "both")
 DEFAULT_CUTOFFS = (2000, 10000, 50000, 200000)
 # the model's settings (ModelConfig takes them, with the vocabulary size)
 ARCHITECTURE = ("cell", "emb_size", "hidden_size", "layers", "dropout", "tie_weights", "init_range",
-                "dropout_input", "dropout_hidden", "dropout_output", "variational", "word_dropout", "softmax",
-                "cutoffs", "direction")
+                "init_recurrent", "dropout_input", "dropout_hidden", "dropout_output", "variational", "word_dropout",
+                "softmax", "cutoffs", "direction")
 
 # Published recipes for word-level PTB. Zaremba et al. (2014) sum the loss over the bptt steps and
 # use lr 1 with clip 5 (10 for large); rnnlm averages the loss per token, so the same updates are
 # lr = bptt and clip = 5 / bptt. Their lr is divided by lr_decay every epoch after decay_start.
+# They draw every parameter, the LSTM's weights and biases included, from [-init_range, init_range].
 # The *-tied medium and large recipes are the PyTorch word_language_model example's (--tied).
-_ZAREMBA = {"cell": "lstm", "layers": 2, "batch_size": 20, "optimizer": "sgd", "schedule": "epoch", "patience": 0}
+_ZAREMBA = {"cell": "lstm", "layers": 2, "batch_size": 20, "optimizer": "sgd", "schedule": "epoch", "patience": 0,
+            "init_recurrent": True}
 _PYTORCH_EXAMPLE = {"cell": "lstm", "layers": 2, "batch_size": 20, "bptt": 35, "optimizer": "sgd", "lr": 20.0,
                     "clip": 0.25, "epochs": 40, "schedule": "plateau", "lr_decay": 4.0, "patience": 0,
                     "init_range": 0.1, "tie_weights": True}
@@ -160,6 +162,7 @@ class TrainConfig:
     dropout: float = 0.2  # default for the input, hidden and output dropouts below
     tie_weights: bool = False  # share embedding and output matrices; needs emb_size == hidden_size
     init_range: float = 0.1  # uniform init of embedding and output weights in [-r, r]
+    init_recurrent: bool = False  # also the recurrent layers' weights and biases (else PyTorch's +-1/sqrt(hidden))
     dropout_input: float | None = None  # on the embeddings (None: dropout)
     dropout_hidden: float | None = None  # between recurrent layers (None: dropout)
     dropout_output: float | None = None  # on the top layer's output (None: dropout)

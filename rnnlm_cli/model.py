@@ -50,6 +50,7 @@ class ModelConfig:
     dropout: float = 0.2  # default for the three dropouts below
     tie_weights: bool = False  # share the embedding and output matrices (needs emb_size == hidden_size)
     init_range: float = 0.1  # uniform init of embedding and output weights in [-r, r]
+    init_recurrent: bool = False  # also the recurrent layers' weights and biases (else PyTorch's +-1/sqrt(hidden))
     dropout_input: float | None = None  # on the embeddings (None: dropout)
     dropout_hidden: float | None = None  # between recurrent layers (None: dropout)
     dropout_output: float | None = None  # on the top layer's output (None: dropout)
@@ -128,6 +129,10 @@ class RNNLanguageModel(nn.Module):
     def reset_parameters(self) -> None:
         r = self.config.init_range
         nn.init.uniform_(self.embedding.weight, -r, r)
+        if self.config.init_recurrent:
+            for stack in [self.rnn] + ([self.rnn_backward] if self.config.direction == "both" else []):
+                for parameter in stack.parameters():
+                    nn.init.uniform_(parameter, -r, r)
         if self.config.softmax == "adaptive":
             self.decoder.reset_parameters()  # PyTorch's own initialisation of the head and cluster projections
             return

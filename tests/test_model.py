@@ -184,6 +184,23 @@ def test_tied_weights_with_different_sizes_are_refused():
         ModelConfig(10, emb_size=4, hidden_size=8, tie_weights=True)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_init_recurrent_draws_every_recurrent_parameter_from_the_init_range(cell):
+    """PyTorch draws recurrent weights from +-1/sqrt(hidden) = +-0.25 here; with init_recurrent every weight and
+    bias of both stacks of a biLM comes from +-init_range = +-0.8 instead, spread over the whole range."""
+    torch.manual_seed(0)
+    config = {"cell": cell, "emb_size": 8, "hidden_size": 16, "init_range": 0.8, "direction": "both"}
+    drawn = RNNLanguageModel(ModelConfig(50, init_recurrent=True, **config))
+    default = RNNLanguageModel(ModelConfig(50, **config))
+    for stack in (drawn.rnn, drawn.rnn_backward):
+        for name, parameter in stack.named_parameters():
+            assert 0.25 < parameter.abs().max() <= 0.8, name  # beyond PyTorch's own range
+        values = torch.cat([parameter.detach().flatten() for parameter in stack.parameters()])
+        assert abs(values.mean().item()) < 0.02 and values.std().item() == pytest.approx(0.8 / 3 ** 0.5, rel=0.05)
+    assert all(parameter.abs().max() <= 0.25 for parameter in default.rnn.parameters())
+    assert drawn.embedding.weight.abs().max() > 0.7 and default.embedding.weight.abs().max() > 0.7
+
+
 def test_cpu_lstm_kernel_is_chosen_for_wide_lstms_in_bf16():
     x = torch.zeros(3, 2, 4)
     wide = RNNLanguageModel(ModelConfig(10, emb_size=512, hidden_size=512, layers=1))

@@ -127,11 +127,17 @@ def test_presets_apply_and_explicit_options_win(cli, word_dataset, tmp_path):
     assert settings["preset"] == "small"
     assert (settings["bptt"], settings["lr"], settings["clip"], settings["schedule"]) == (20, 20.0, 0.25, "epoch")
     assert (settings["decay_start"], settings["lr_decay"], settings["patience"]) == (4, 2.0, 0)
+    assert (settings["init_range"], settings["init_recurrent"]) == (0.1, True)  # Zaremba: every parameter
+    assert info["model_config"]["init_recurrent"] is True
     assert settings["hidden_size"] == info["model_config"]["hidden_size"] == 16  # the explicit option won
     assert settings["epochs"] == 1 and summary["epochs"] == 1
     assert "preset small" in cli("train", word_dataset, "--out", tmp_path / "q.pt", "--preset", "small-tied",
                                  "--epochs", "1", "--hidden-size", "16", "--emb-size", "16").stderr
     assert cli.json("info", tmp_path / "q.pt")["model_config"]["tie_weights"] is True
+    cli("train", word_dataset, "--out", tmp_path / "s.pt", "--preset", "medium-tied", "--epochs", "1",
+        "--hidden-size", "16", "--emb-size", "16", "--init-range", "0.3", "-q")
+    settings = cli.json("info", tmp_path / "s.pt")["train_config"]  # the PyTorch example keeps PyTorch's init
+    assert (settings["init_range"], settings["init_recurrent"]) == (0.3, False)
     assert "'huge' is not one of" in cli("train", word_dataset, "--out", tmp_path / "r.pt", "--preset", "huge",
                                            expect=2).stderr.replace("\n", " ")
 

@@ -64,6 +64,13 @@ def command(
     tie_weights: Annotated[Optional[bool], _option(
         "tie_weights", "Share the input embedding and output matrices (needs --emb-size = --hidden-size).",
         "--tie-weights/--no-tie-weights", default="no")] = None,
+    init_range: Annotated[Optional[float], _option(
+        "init_range", "Draw the embedding and output weights uniformly from [-R, R].", metavar="R",
+        min=0.0)] = None,
+    init_recurrent: Annotated[Optional[bool], _option(
+        "init_recurrent", "Draw the recurrent layers' weights and biases from [-R, R] too, as Zaremba et al. do; "
+                          "off, they keep PyTorch's [-1/sqrt(hidden), 1/sqrt(hidden)].",
+        "--init-recurrent/--no-init-recurrent", default="no")] = None,
     softmax: Annotated[Optional[Softmax], _option(
         "softmax", "Output layer. full: one softmax over the vocabulary; adaptive: frequent words in a small head, "
                    "rarer ones in clusters behind smaller projections (much faster for big vocabularies).")] = None,
@@ -149,7 +156,8 @@ def command(
     given = {
         "cell": cell, "layers": layers, "emb_size": emb_size, "hidden_size": hidden_size, "dropout": dropout,
         "dropout_input": dropout_input, "dropout_hidden": dropout_hidden, "dropout_output": dropout_output,
-        "variational": variational, "word_dropout": word_dropout, "tie_weights": tie_weights, "softmax": softmax,
+        "variational": variational, "word_dropout": word_dropout, "tie_weights": tie_weights,
+        "init_range": init_range, "init_recurrent": init_recurrent, "softmax": softmax,
         "cutoffs": parse_cutoffs(cutoffs) if cutoffs is not None else None, "direction": direction, "bptt": bptt,
         "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "clip": clip,
         "epochs": epochs, "schedule": schedule, "lr_decay": lr_decay, "decay_start": decay_start,

@@ -3,6 +3,7 @@
     python bench/step_profile.py --preset small           # 2x200, bptt 20, batch 20, bf16 on CPUs that have it
     python bench/step_profile.py --preset medium --steps 10
     python bench/step_profile.py --preset small --precision fp32
+    python bench/step_profile.py --preset small --loop 60  # also the trainer's own loop on PTB, 60 s
 
 Runs the calls `rnnlm train` makes for one step of plain SGD (the model's training forward pass and fused
 loss under the training precision, backward with a sparse embedding gradient, the global gradient norm,
@@ -10,19 +11,29 @@ the SGD step) on random token ids over the
 PTB vocabulary size (10,000): speed does not depend on the data. Prints the mean step time over
 ``--steps`` timed steps, then a torch.profiler table of the same number of steps (the profiler adds
 overhead, so its total is a little higher). Writes nothing; docs/benchmarks.md's profiling notes quote it.
+
+With ``--loop S`` it also trains the preset on PTB for S seconds through ``rnnlm_cli.train.train`` (the
+loop `rnnlm train` runs, with its data batches, progress bookkeeping and checks) between two timings of the
+bare step, and prints the loop's tokens/s inside the epoch beside the bare step's: what the loop adds.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from rnnlm_cli.config import PRESETS
-from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden
-from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_precision
-from rnnlm_cli.train import gradient_norm
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, SHARED_DATA, run_rnnlm  # noqa: E402
+
+from rnnlm_cli.config import PRESETS, TrainConfig  # noqa: E402
+from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden  # noqa: E402
+from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_precision  # noqa: E402
+from rnnlm_cli.train import gradient_norm, train  # noqa: E402
 
 
 def main() -> None:
@@ -33,6 +44,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25, help="operators shown")
     parser.add_argument("--dense-embedding-gradient", action="store_true",
                         help="the dense embedding gradient rnnlm train uses for other optimizers")
+    parser.add_argument("--loop", type=float, default=None, metavar="S",
+                        help="also train the preset on PTB for S seconds with rnnlm's trainer, between two timings "
+                             "of the bare step")
     args = parser.parse_args()
 
     keep_freed_memory()
@@ -62,15 +76,32 @@ def main() -> None:
         loss.item()
         hidden = new_hidden
 
-    for _ in range(5):
-        step()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    seconds = (time.perf_counter() - start) / args.steps
-    print(f"preset {args.preset} ({config.layers} x {config.hidden_size} {config.cell}, batch {batch}, bptt {bptt}), "
-          f"{precision}, {torch.get_num_threads()} threads: {seconds * 1e3:.1f} ms per step, "
-          f"{batch * bptt / seconds:,.0f} tokens/s")
+    def timed_steps() -> None:
+        for _ in range(5):
+            step()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        seconds = (time.perf_counter() - start) / args.steps
+        print(f"preset {args.preset} ({config.layers} x {config.hidden_size} {config.cell}, batch {batch}, "
+              f"bptt {bptt}), {precision}, {torch.get_num_threads()} threads: {seconds * 1e3:.1f} ms per bare step, "
+              f"{batch * bptt / seconds:,.0f} tokens/s", flush=True)
+
+    timed_steps()
+    if args.loop:
+        data = ROOT / "checkpoints" / "ptb-data"
+        if not (data / "meta.json").exists():
+            ptb = SHARED_DATA / "ptb"
+            run_rnnlm("tokenize", ptb / "train.txt", "--valid", ptb / "valid.txt", "--test", ptb / "test.txt",
+                      "--out", data, "-q")
+        with tempfile.TemporaryDirectory() as scratch:
+            result = train(TrainConfig(dataset=str(data), out=str(Path(scratch) / "loop.pt"), **preset,
+                                       preset=args.preset, precision=args.precision, max_time=args.loop),
+                           progress=False)
+        record = result.history[-1]
+        print(f"rnnlm's training loop on PTB, {record['seconds']:.0f} s: {record['tokens_per_second']:,.0f} tokens/s "
+              f"inside the epoch ({batch * bptt / record['tokens_per_second'] * 1e3:.1f} ms per step)", flush=True)
+        timed_steps()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         for _ in range(args.steps):
             step()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm  # noqa: E402
+from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized  # noqa: E402
 
 HEADS = {"full": [], "adaptive": ["--softmax", "adaptive", "--cutoffs", "2000,10000"]}
 
@@ -33,10 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     out_dir = ROOT / "checkpoints"
-    data_dir = out_dir / "wt2-data"
-    if not (data_dir / "meta.json").exists():
-        run_rnnlm("tokenize", args.data / "train.txt", "--valid", args.data / "valid.txt", "--test",
-                  args.data / "test.txt", "--out", data_dir, "-q")
+    data_dir = tokenized(args.data, "wt2-data")
     runs = {}
     for head, options in HEADS.items():
         print(f"training with the {head} softmax for {args.minutes:g} minutes", file=sys.stderr)

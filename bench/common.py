@@ -58,6 +58,16 @@ def publish(name: str, body: str, dry_run: bool) -> None:
         print(f"wrote the {name} section of docs/benchmarks.md")
 
 
+def tokenized(corpus: Path, name: str) -> Path:
+    """checkpoints/NAME: ``corpus``'s train / valid / test splits as `rnnlm tokenize` writes them (word level),
+    tokenized on the first call and reused after."""
+    data_dir = ROOT / "checkpoints" / name
+    if not (data_dir / "meta.json").exists():
+        run_rnnlm("tokenize", corpus / "train.txt", "--valid", corpus / "valid.txt", "--test", corpus / "test.txt",
+                  "--out", data_dir, "-q")
+    return data_dir
+
+
 def timed(function, *args):
     """Wall-clock seconds of ``function(*args)`` and its value."""
     start = time.perf_counter()

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm  # noqa: E402
+from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized  # noqa: E402
 
 from rnnlm_cli.checkpoint import load_checkpoint  # noqa: E402
 from rnnlm_cli.config import PRESET_SOURCES, PRESETS  # noqa: E402
@@ -47,10 +47,7 @@ def main() -> None:
     if args.compare:
         compare_precisions(args.preset, out_dir, args.data)
         return
-    data_dir = out_dir / "ptb-data"
-    if not (data_dir / "meta.json").exists():
-        run_rnnlm("tokenize", args.data / "train.txt", "--valid", args.data / "valid.txt", "--test",
-                  args.data / "test.txt", "--out", data_dir, "-q")
+    data_dir = tokenized(args.data, "ptb-data")
     checkpoint = out_dir / f"ptb-{args.preset}-{args.precision}.pt"
     if args.report:
         train = load_checkpoint(last_state_path(checkpoint)).train

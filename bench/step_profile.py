@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED_DATA, run_rnnlm  # noqa: E402
+from common import SHARED_DATA, tokenized  # noqa: E402
 
 from rnnlm_cli.config import PRESETS, TrainConfig  # noqa: E402
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden  # noqa: E402
@@ -89,11 +89,7 @@ def main() -> None:
 
     timed_steps()
     if args.loop:
-        data = ROOT / "checkpoints" / "ptb-data"
-        if not (data / "meta.json").exists():
-            ptb = SHARED_DATA / "ptb"
-            run_rnnlm("tokenize", ptb / "train.txt", "--valid", ptb / "valid.txt", "--test", ptb / "test.txt",
-                      "--out", data, "-q")
+        data = tokenized(SHARED_DATA / "ptb", "ptb-data")
         with tempfile.TemporaryDirectory() as scratch:
             result = train(TrainConfig(dataset=str(data), out=str(Path(scratch) / "loop.pt"), **preset,
                                        preset=args.preset, precision=args.precision, max_time=args.loop),

@@ -130,8 +130,8 @@ class RNNLanguageModel(nn.Module):
         r = self.config.init_range
         nn.init.uniform_(self.embedding.weight, -r, r)
         if self.config.init_recurrent:
-            for stack in [self.rnn] + ([self.rnn_backward] if self.config.direction == "both" else []):
-                for parameter in stack.parameters():
+            for backward in self.config.readings():
+                for parameter in self.stack(backward).parameters():
                     nn.init.uniform_(parameter, -r, r)
         if self.config.softmax == "adaptive":
             self.decoder.reset_parameters()  # PyTorch's own initialisation of the head and cluster projections

@@ -34,8 +34,8 @@ ARCHITECTURE = ("cell", "emb_size", "hidden_size", "layers", "dropout", "tie_wei
 # Published recipes for word-level PTB. Zaremba et al. (2014) sum the loss over the bptt steps and
 # use lr 1 with clip 5 (10 for large); rnnlm averages the loss per token, so the same updates are
 # lr = bptt and clip = 5 / bptt. Their lr is divided by lr_decay every epoch after decay_start: 2 for
-# small, 1.2 for medium, 1.15 for large, as the paper states (TensorFlow's ptb_word_lm, a reimplementation,
-# divides medium's by 1.25).
+# small, 1.2 for medium (the paper: "after 6 epochs we decrease it by 1.2 in every epoch"; TensorFlow's
+# ptb_word_lm, a reimplementation, uses 1.25), 1.15 for large.
 # They draw every parameter, the LSTM's weights and biases included, from [-init_range, init_range].
 # The *-tied medium and large recipes are the PyTorch word_language_model example's (--tied).
 _ZAREMBA = {"cell": "lstm", "layers": 2, "batch_size": 20, "optimizer": "sgd", "schedule": "epoch", "patience": 0,

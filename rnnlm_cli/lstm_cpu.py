@@ -25,7 +25,7 @@ class LSTMLayerFunction(torch.autograd.Function):
         steps, batch, inputs = x.shape  # (T, B, E)
         hidden = w_hh.shape[1]
         x_low, w_ih_low, w_hh_low = x.reshape(steps * batch, inputs).to(dtype), w_ih.to(dtype), w_hh.to(dtype)
-        w_hh_t = w_hh_low.t().contiguous()  # (H, 4H) in row-major order: the faster layout for mm
+        recurrent = _recurrent_product(w_hh_low, batch)
         projected = torch.mm(x_low, w_ih_low.t()).float()
         projected = projected.add_(b_ih + b_hh).view(steps, batch, 4 * hidden)  # (T, B, 4H)
         gates = torch.empty(steps, batch, 4 * hidden)  # after their nonlinearities
@@ -35,7 +35,7 @@ class LSTMLayerFunction(torch.autograd.Function):
         inputs_low = torch.empty(steps, batch, hidden, dtype=dtype)  # h_{t-1} in dtype: the recurrent product's input
         h, c = inputs_low[0].copy_(h0), c0
         for t in range(steps):
-            pre = projected[t].add_(torch.mm(h, w_hh_t))  # (B, 4H)
+            pre = projected[t].add_(recurrent(h))  # (B, 4H)
             gate = gates[t]
             torch.sigmoid(pre[:, : 2 * hidden], out=gate[:, : 2 * hidden])  # i, f
             torch.tanh(pre[:, 2 * hidden : 3 * hidden], out=gate[:, 2 * hidden : 3 * hidden])  # g
@@ -79,6 +79,22 @@ class LSTMLayerFunction(torch.autograd.Function):
         grad_w_hh = torch.mm(flat_low.t(), inputs_low.view(steps * batch, hidden)).float()
         grad_bias = grad_gates.view(steps * batch, 4 * hidden).sum(0)
         return grad_x, dh, dc, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None
+
+
+def _recurrent_product(weight: Tensor, rows: int):
+    """``h -> h @ weight.T`` for the forward recurrence, which multiplies by the same weight at every step.
+
+    In bf16 the weight is packed once into oneDNN's blocked layout (the call PyTorch's own compiler makes for
+    linear layers with constant weights), so that each step's product skips the repacking: a 20 x 650 by
+    650 x 2600 product 165 -> 106 us on an AMX CPU (273 -> 206 us measured earlier on an AVX-512-bf16 one).
+    Packing a 2600 x 650 weight takes about 0.7 ms there, against 2.5 ms for the transposed row-major copy
+    that it replaces. Plain ``mm`` where oneDNN is missing.
+    """
+    if weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        return lambda h: torch.ops.mkldnn._linear_pointwise(h, packed, None, "none", [], "")
+    transposed = weight.t()
+    return lambda h: torch.mm(h, transposed)
 
 
 def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor,

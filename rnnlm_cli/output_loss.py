@@ -71,7 +71,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_features = grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_features = _scaled(torch.mm(grad_logits, weight_low), scale)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and weight_low.stride(0) == 1:  # a column-major weight: its (H, V) transpose
+            grad_weight = _scaled(torch.mm(features_low.t().contiguous(), grad_logits), scale).t()  # in row-major order
+        elif ctx.needs_input_grad[1]:
             grad_weight = _scaled(torch.mm(grad_logits.t(), features_low), scale)
         return grad_features, grad_weight, None if grad_bias is None else grad_bias * scale, None, None
 

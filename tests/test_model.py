@@ -52,9 +52,12 @@ def _loss_and_grads(loss_fn, features, linear, targets, scale):
 
 @pytest.mark.parametrize("rows", [1, 31, 70])  # fewer, as many and more rows than one block
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_output_loss_matches_linear_and_cross_entropy(rows, bias):
+@pytest.mark.parametrize("column_major", [False, True])  # the model keeps an untied output weight column-major
+def test_fused_output_loss_matches_linear_and_cross_entropy(rows, bias, column_major):
     torch.manual_seed(rows)
     linear = torch.nn.Linear(12, 50, bias=bias)
+    if column_major:
+        linear.weight = torch.nn.Parameter(linear.weight.detach().t().contiguous().t())
     features = (torch.randn(rows, 12) * 3).requires_grad_()
     targets = torch.randint(0, 50, (rows,))
     expected = _loss_and_grads(lambda f, lin, t: torch.nn.functional.cross_entropy(lin(f), t),
@@ -175,6 +178,15 @@ def test_word_dropout_removes_whole_words():
     assert torch.allclose(embedded[kept, 0], 2 * model.embedding.weight[kept])
     model.eval()
     assert torch.equal(model._embed(ids), model.embedding(ids))
+
+
+def test_untied_output_weight_is_column_major_and_tied_one_is_the_embedding():
+    untied = RNNLanguageModel(ModelConfig(vocab_size=30, emb_size=8, hidden_size=8))
+    assert untied.decoder.weight.shape == (30, 8) and untied.decoder.weight.stride() == (1, 30)
+    r = untied.config.init_range
+    assert untied.decoder.weight.abs().max() <= r and untied.decoder.weight.std() > r / 3  # drawn, not zeros
+    tied = RNNLanguageModel(ModelConfig(vocab_size=30, emb_size=8, hidden_size=8, tie_weights=True))
+    assert tied.decoder.weight is tied.embedding.weight and tied.embedding.weight.is_contiguous()
 
 
 def test_tied_weights_with_different_sizes_are_refused():

@@ -15,8 +15,9 @@ bptt 35 and dropout 0.5; batch 20) the script alternates two kinds of run, twice
   only training tokens count in the numerator.
 
 Reported: mean tokens/s of each, and their ratio. Each row's figures are kept in
-bench/results/train_speed.json with the time they were measured, so one row can be measured again
-(on a quiet machine) without re-running the other.
+bench/results/train_speed.json under the machine they ran on, with the time they were measured, so one
+row can be measured again (on a quiet machine) without re-running the other, and the section shows one
+table per machine (the ratio depends on the CPU's bf16 support: AMX or AVX-512-bf16 only).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def main() -> None:
     budgets = {preset: args.seconds or (20 if args.quick else {"small": 90, "medium": 180}[preset])
                for preset in presets}
 
-    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # {machine: {preset: row}}
+    rows = stored.setdefault(machine(), {})
     for preset in presets:
         budget = budgets[preset]
         plain, ours, ours_epoch, ours_fp32 = [], [], [], []
@@ -131,32 +133,33 @@ def main() -> None:
             ours.append(whole)
             ours_epoch.append(epoch)
         ours_fp32.append(rnnlm_run(data_dir, preset, budget, "fp32", work)[0])
-        stored[preset] = {"seconds": budget, "plain": statistics.mean(plain), "rnnlm": statistics.mean(ours),
-                          "rnnlm_in_epoch": statistics.mean(ours_epoch), "rnnlm_fp32": ours_fp32[0],
-                          "measured": time.strftime("%Y-%m-%d %H:%M")}
-        print(preset, stored[preset], flush=True)
+        rows[preset] = {"seconds": budget, "plain": statistics.mean(plain), "rnnlm": statistics.mean(ours),
+                        "rnnlm_in_epoch": statistics.mean(ours_epoch), "rnnlm_fp32": ours_fp32[0],
+                        "measured": time.strftime("%Y-%m-%d %H:%M")}
+        print(preset, rows[preset], flush=True)
     if args.quick:
         return
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
 
-    table = ["| preset | model | plain fp32 loop tok/s | rnnlm train tok/s (whole process) | ratio | "
-             "rnnlm tok/s inside the epoch | rnnlm --precision fp32 (whole process) | S | measured |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for preset in sorted(stored, key=["small", "medium"].index):
-        row = stored[preset]
-        settings, plain = PRESETS[preset], row["plain"]
-        table.append(f"| {preset} | 2 x {settings['hidden_size']}, bptt {settings['bptt']}, batch "
-                     f"{settings['batch_size']} | {plain:,.0f} | {row['rnnlm']:,.0f} | {row['rnnlm'] / plain:.2f}x | "
-                     f"{row['rnnlm_in_epoch']:,.0f} | {row['rnnlm_fp32']:,.0f} ({row['rnnlm_fp32'] / plain:.2f}x) | "
-                     f"{row['seconds']:g} s | {row['measured']} |")
-    body = "\n\n".join([
-        "## Training speed (`bench/train_speed.py`)",
-        f"Machine: {machine()}. Command: `python bench/train_speed.py`. Each rnnlm run is a whole "
-        "`rnnlm train --preset NAME --max-time S` process; the plain loop runs equally long; two runs of each, "
-        "alternated, averaged. The ratio compares runs made in the same script run, minutes apart.",
-        "\n".join(table),
-    ])
+    header = ["| preset | model | plain fp32 loop tok/s | rnnlm train tok/s (whole process) | ratio | "
+              "rnnlm tok/s inside the epoch | rnnlm --precision fp32 (whole process) | S | measured |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    parts = ["## Training speed (`bench/train_speed.py`)",
+             "Command: `python bench/train_speed.py`. Each rnnlm run is a whole `rnnlm train --preset NAME "
+             "--max-time S` process; the plain loop runs equally long; two runs of each, alternated, averaged. The "
+             "ratio compares runs made in the same script run, minutes apart, on the machine named above its table."]
+    for name, machine_rows in stored.items():
+        table = list(header)
+        for preset in sorted(machine_rows, key=["small", "medium"].index):
+            row = machine_rows[preset]
+            settings, plain = PRESETS[preset], row["plain"]
+            table.append(f"| {preset} | 2 x {settings['hidden_size']}, bptt {settings['bptt']}, batch "
+                         f"{settings['batch_size']} | {plain:,.0f} | {row['rnnlm']:,.0f} | {row['rnnlm'] / plain:.2f}x "
+                         f"| {row['rnnlm_in_epoch']:,.0f} | {row['rnnlm_fp32']:,.0f} "
+                         f"({row['rnnlm_fp32'] / plain:.2f}x) | {row['seconds']:g} s | {row['measured']} |")
+        parts += [f"Machine: {name}.", "\n".join(table)]
+    body = "\n\n".join(parts)
     publish("train-speed", body, dry_run=False)
 
 

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,9 +76,21 @@ def timed(function, *args):
     return time.perf_counter() - start, value
 
 
-def run_rnnlm(*args: str) -> tuple[float, str]:
-    """Wall-clock seconds of a whole `rnnlm` process (start-up included) and its stdout."""
+def run_rnnlm(*args: str, while_running: Callable[[], None] | None = None, every: float = 30.0) -> tuple[float, str]:
+    """Wall-clock seconds of a whole `rnnlm` process (start-up included) and its stdout.
+
+    ``while_running`` is called every ``every`` seconds until the process ends (to report on long runs).
+    """
+    command = [sys.executable, "-m", "rnnlm_cli", *map(str, args)]
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "rnnlm_cli", *map(str, args)], capture_output=True,
-                            text=True, check=True)
-    return time.perf_counter() - start, result.stdout
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        while True:
+            try:
+                stdout, stderr = process.communicate(timeout=every if while_running else None)
+                break
+            except subprocess.TimeoutExpired:  # communicate() may be called again after it
+                while_running()  # type: ignore[misc]
+    seconds = time.perf_counter() - start
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command, stdout, stderr)
+    return seconds, stdout

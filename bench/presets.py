@@ -11,6 +11,8 @@ Runs `rnnlm train DATA --preset NAME --out checkpoints/ptb-NAME-PRECISION.pt` as
 `rnnlm eval` on the test split with the stream context (the protocol behind the published numbers).
 Wall-clock time is the whole training process, validation and checkpointing included; a run continued with
 --resume adds each segment's wall-clock time (resume is exact, so the result is that of one long run).
+While it trains, the section is rewritten after each validation (checked every 30 s), marked as in progress,
+so a run that is cut off before it ends still leaves its validation curve in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized  # noqa: E402
 
 from rnnlm_cli.checkpoint import load_checkpoint  # noqa: E402
 from rnnlm_cli.config import PRESET_SOURCES, PRESETS  # noqa: E402
-from rnnlm_cli.train import last_state_path  # noqa: E402
+from rnnlm_cli.runtime import resolve_precision  # noqa: E402
+from rnnlm_cli.train import last_state_path, metrics_path  # noqa: E402
 
 
 def main() -> None:
@@ -67,7 +72,8 @@ def main() -> None:
         options += ["--max-time", args.max_hours * 3600]
     if args.epochs:
         options += ["--epochs", args.epochs]
-    seconds, stdout = run_rnnlm("train", data_dir, *options)
+    progress = None if args.epochs else Progress(args, checkpoint)
+    seconds, stdout = run_rnnlm("train", data_dir, *options, while_running=progress)
     result = json.loads(stdout)
     if earlier:  # add the earlier segments' time
         seconds += cumulative_elapsed(result["history"])[len(earlier) - 1]
@@ -79,13 +85,6 @@ def report(args: argparse.Namespace, checkpoint: Path, run: dict, seconds: float
     _, stdout = run_rnnlm("eval", checkpoint, args.data / "test.txt", "--json", "-q")
     test = json.loads(stdout)["total"]
     history = run["history"]
-    rows = ["| epoch | lr | train ppl | valid ppl | clipped | tokens/s | elapsed (min) |",
-            "|---:|---:|---:|---:|---:|---:|---:|"]
-    for record, since_start in zip(history, cumulative_elapsed(history)):
-        epoch = f"{record['epoch']}{'' if record['complete'] else ' (partial)'}"
-        rows.append(f"| {epoch} | {record['lr']:.4g} | {record['train_ppl']:.2f} | {record['valid_ppl']:.2f} | "
-                    f"{100 * record['clipped_fraction']:.0f}% | {record['tokens_per_second']:,.0f} | "
-                    f"{since_start / 60:.1f} |")
     segments = max(1 + sum(after["elapsed_seconds"] < record["elapsed_seconds"]
                            for record, after in zip(history, history[1:])),
                    max(record.get("process", 1) for record in history))
@@ -94,19 +93,64 @@ def report(args: argparse.Namespace, checkpoint: Path, run: dict, seconds: float
     if args.report:
         how = (f"{segments} segment(s); the sum of the training processes' own clocks at their last validation, "
                "without start-up; rebuilt with --report from the stored records")
+    body = "\n\n".join([
+        *heading(args, run["precision"]),
+        f"**PTB test ppl {test['ppl']:.2f}** (`rnnlm eval`, stream context; {test['tokens']:,} tokens) after "
+        f"{run['epochs']} epochs ({run['stop_reason']}); best validation ppl {run['best_valid_ppl']:.2f} "
+        f"at epoch {run['best_epoch']}; training took **{seconds / 60:.1f} minutes** of wall-clock time ({how}).",
+        curve(history),
+    ])
+    publish(f"preset-{args.preset}-{args.precision}", body, dry_run=bool(args.epochs))
+
+
+class Progress:
+    """While the run trains: rewrite the preset's section after each new validation, marked as in progress, so
+    that a run cut off before its end (a lost machine, a closed session) still leaves its curve in the docs."""
+
+    def __init__(self, args: argparse.Namespace, checkpoint: Path) -> None:
+        self.args, self.metrics, self.shown = args, metrics_path(checkpoint), 0
+
+    def __call__(self) -> None:
+        try:
+            lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return
+        history = [json.loads(line) for line in lines if line.endswith("}")]  # a line being written is skipped
+        if len(history) <= self.shown:
+            return
+        self.shown = len(history)
+        last = history[-1]
+        body = "\n\n".join([
+            *heading(self.args, resolve_precision(self.args.precision, torch.device("cpu"))),
+            f"**In progress**: written at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} while the run "
+            f"was training, after epoch {last['epoch']}{'' if last['complete'] else ' (partial)'} and "
+            f"{cumulative_elapsed(history)[-1] / 60:.1f} minutes; the test ppl is measured when it ends, and this "
+            "section is rewritten then. If it still reads so, the run did not finish.",
+            curve(history),
+        ])
+        publish(f"preset-{self.args.preset}-{self.args.precision}", body, dry_run=False)
+
+
+def heading(args: argparse.Namespace, precision: str) -> list[str]:
+    """The section's title and its recipe, machine and command paragraph."""
     command = (f"python bench/presets.py {args.preset} --precision {args.precision}"
                f"{f' --max-hours {args.max_hours:g}' if args.max_hours else ''}"
                f"{f' --epochs {args.epochs}' if args.epochs else ''}{' --resume' if args.resume else ''}"
                f"{' --report' if args.report else ''}")
-    body = "\n\n".join([
-        f"## Preset `{args.preset}`, precision {args.precision} ({run['precision']}) (`bench/presets.py`)",
-        f"Recipe: {PRESET_SOURCES[args.preset]}. Machine: {machine()}. Command: `{command}`.",
-        f"**PTB test ppl {test['ppl']:.2f}** (`rnnlm eval`, stream context; {test['tokens']:,} tokens) after "
-        f"{run['epochs']} epochs ({run['stop_reason']}); best validation ppl {run['best_valid_ppl']:.2f} "
-        f"at epoch {run['best_epoch']}; training took **{seconds / 60:.1f} minutes** of wall-clock time ({how}).",
-        "\n".join(rows),
-    ])
-    publish(f"preset-{args.preset}-{args.precision}", body, dry_run=bool(args.epochs))
+    return [f"## Preset `{args.preset}`, precision {args.precision} ({precision}) (`bench/presets.py`)",
+            f"Recipe: {PRESET_SOURCES[args.preset]}. Machine: {machine()}. Command: `{command}`."]
+
+
+def curve(history: list[dict]) -> str:
+    """The validation records as a table: one row per validation, with the time since the run began."""
+    rows = ["| epoch | lr | train ppl | valid ppl | clipped | tokens/s | elapsed (min) |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]
+    for record, since_start in zip(history, cumulative_elapsed(history)):
+        epoch = f"{record['epoch']}{'' if record['complete'] else ' (partial)'}"
+        rows.append(f"| {epoch} | {record['lr']:.4g} | {record['train_ppl']:.2f} | {record['valid_ppl']:.2f} | "
+                    f"{100 * record['clipped_fraction']:.0f}% | {record['tokens_per_second']:,.0f} | "
+                    f"{since_start / 60:.1f} |")
+    return "\n".join(rows)
 
 
 def cumulative_elapsed(history: list[dict]) -> list[float]:

@@ -88,8 +88,9 @@ def run_rnnlm(*args: str, while_running: Callable[[], None] | None = None, every
             try:
                 stdout, stderr = process.communicate(timeout=every if while_running else None)
                 break
-            except subprocess.TimeoutExpired:  # communicate() may be called again after it
-                while_running()  # type: ignore[misc]
+            except subprocess.TimeoutExpired:  # only with a callback; communicate() may be called again after it
+                if while_running is not None:
+                    while_running()
     seconds = time.perf_counter() - start
     if process.returncode:
         raise subprocess.CalledProcessError(process.returncode, command, stdout, stderr)

@@ -124,7 +124,7 @@ class Progress:
         body = "\n\n".join([
             *heading(self.args, resolve_precision(self.args.precision, torch.device("cpu"))),
             f"**In progress**: written at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} while the run "
-            f"was training, after epoch {last['epoch']}{'' if last['complete'] else ' (partial)'} and "
+            f"was training, after epoch {epoch_label(last)} and "
             f"{cumulative_elapsed(history)[-1] / 60:.1f} minutes; the test ppl is measured when it ends, and this "
             "section is rewritten then. If it still reads so, the run did not finish.",
             curve(history),
@@ -147,11 +147,15 @@ def curve(history: list[dict]) -> str:
     rows = ["| epoch | lr | train ppl | valid ppl | clipped | tokens/s | elapsed (min) |",
             "|---:|---:|---:|---:|---:|---:|---:|"]
     for record, since_start in zip(history, cumulative_elapsed(history)):
-        epoch = f"{record['epoch']}{'' if record['complete'] else ' (partial)'}"
-        rows.append(f"| {epoch} | {record['lr']:.4g} | {record['train_ppl']:.2f} | {record['valid_ppl']:.2f} | "
-                    f"{100 * record['clipped_fraction']:.0f}% | {record['tokens_per_second']:,.0f} | "
-                    f"{since_start / 60:.1f} |")
+        rows.append(f"| {epoch_label(record)} | {record['lr']:.4g} | {record['train_ppl']:.2f} | "
+                    f"{record['valid_ppl']:.2f} | {100 * record['clipped_fraction']:.0f}% | "
+                    f"{record['tokens_per_second']:,.0f} | {since_start / 60:.1f} |")
     return "\n".join(rows)
+
+
+def epoch_label(record: dict) -> str:
+    """A validation record's epoch: "7", or "7 (partial)" for a validation inside the epoch (a --max-time stop)."""
+    return f"{record['epoch']}{'' if record['complete'] else ' (partial)'}"
 
 
 def cumulative_elapsed(history: list[dict]) -> list[float]:

@@ -7,7 +7,7 @@ back to bf16. Here the forward pass works through the logits a block of rows at 
 block is in cache: the bias is added in fp32, one softmax gives both the loss of each row
 (-log of the target's probability) and the gradient of the summed loss with respect to its logits,
 softmax - one-hot, which is written over the logits in the products' dtype: all the backward pass
-needs (it applies the mean's 1 / N to the products' results, which are smaller than the logits).
+needs (it applies the mean's 1 / N to the features and the features' gradient, far smaller than the logits).
 """
 
 from __future__ import annotations
@@ -67,20 +67,20 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
         grad_logits, features_low, weight_low, grad_bias = ctx.saved_tensors  # of the summed loss
-        scale = float(grad_loss) / grad_logits.shape[0]  # the mean's 1 / N, applied to the products' results
+        # The mean's 1 / N goes on the smaller side of each product, never over the N x V logits or the V x H
+        # weight gradient: on the features gradient (N x H) after its product, on the features (N x H) before the
+        # weight gradient's product, which then only needs casting to fp32 (one pass, not a scaling and a cast).
+        scale = float(grad_loss) / grad_logits.shape[0]
         grad_features = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_features = _scaled(torch.mm(grad_logits, weight_low), scale)
-        if ctx.needs_input_grad[1] and weight_low.stride(0) == 1:  # a column-major weight: its (H, V) transpose
-            grad_weight = _scaled(torch.mm(features_low.t().contiguous(), grad_logits), scale).t()  # in row-major order
-        elif ctx.needs_input_grad[1]:
-            grad_weight = _scaled(torch.mm(grad_logits.t(), features_low), scale)
+            grad_features = torch.mm(grad_logits, weight_low).float().mul_(scale)
+        if ctx.needs_input_grad[1]:
+            scaled_features = features_low * scale
+            if weight_low.stride(0) == 1:  # a column-major weight: its (H, V) transpose, in row-major order
+                grad_weight = torch.mm(scaled_features.t().contiguous(), grad_logits).float().t()
+            else:
+                grad_weight = torch.mm(grad_logits.t(), scaled_features).float()
         return grad_features, grad_weight, None if grad_bias is None else grad_bias * scale, None, None
-
-
-def _scaled(product: Tensor, scale: float) -> Tensor:
-    """``product * scale`` in fp32, cast and scaled in one pass."""
-    return torch.mul(product, scale, out=torch.empty(product.shape))
 
 
 def linear_cross_entropy(features: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized  # noqa: E402
 
-from rnnlm_cli.checkpoint import load_checkpoint  # noqa: E402
+from rnnlm_cli.checkpoint import epoch_label, load_checkpoint  # noqa: E402
 from rnnlm_cli.config import PRESET_SOURCES, PRESETS  # noqa: E402
 from rnnlm_cli.runtime import resolve_precision  # noqa: E402
 from rnnlm_cli.train import last_state_path, metrics_path  # noqa: E402
@@ -151,11 +151,6 @@ def curve(history: list[dict]) -> str:
                     f"{record['valid_ppl']:.2f} | {100 * record['clipped_fraction']:.0f}% | "
                     f"{record['tokens_per_second']:,.0f} | {since_start / 60:.1f} |")
     return "\n".join(rows)
-
-
-def epoch_label(record: dict) -> str:
-    """A validation record's epoch: "7", or "7 (partial)" for a validation inside the epoch (a --max-time stop)."""
-    return f"{record['epoch']}{'' if record['complete'] else ' (partial)'}"
 
 
 def cumulative_elapsed(history: list[dict]) -> list[float]:

@@ -144,6 +144,23 @@ def current_versions() -> dict[str, str]:
     return {"rnnlm": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
+def epoch_label(record: dict[str, Any], epochs: int | None = None) -> str:
+    """A validation record's epoch: "7" (or "7/13" given ``epochs``) at the epoch's end, "7 (45%)" for a
+    validation inside it (--valid-every, a --max-time stop), "7 (partial)" for records older than the share."""
+    label = f"{record['epoch']}" if epochs is None else f"{record['epoch']}/{epochs}"
+    if record.get("complete", True):
+        return label
+    fraction = record.get("epoch_fraction")
+    return f"{label} ({'partial' if fraction is None else f'{int(100 * fraction)}%'})"  # never "100%" early
+
+
+def epoch_position(record: dict[str, Any]) -> float:
+    """Epochs trained at a validation, counting the share of an epoch cut short: 6.45 inside epoch 7."""
+    if record.get("complete", True) or record.get("epoch_fraction") is None:
+        return float(record["epoch"])
+    return record["epoch"] - 1 + record["epoch_fraction"]
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: torch.device | str = "cpu") -> Checkpoint:
     """Read a checkpoint with ``weights_only=True``; every failure becomes one CheckpointError line."""
     path = Path(path)

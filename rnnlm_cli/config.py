@@ -190,6 +190,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA, then MPS, then the CPU) | cpu | cuda | cuda:N | mps
     max_time: float | None = None  # seconds for this run; stops cleanly with both checkpoints saved
     save_every: str | None = None  # also save the resumable state every N steps ("500") or minutes ("10m")
+    valid_every: int = 0  # also validate after steps N, 2N, ... of each epoch; 0: only at each epoch's end
     valid_fraction: float = 0.05  # of training lines held out when the dataset has no valid split
     preset: str | None = None  # the recipe the settings started from (see PRESETS)
     force: bool = False  # a new run may replace an existing checkpoint at ``out``
@@ -208,7 +209,7 @@ class TrainConfig:
             self.lr = DEFAULT_LR[self.optimizer]
         if self.lr <= 0:
             raise ConfigError("--lr must be positive")
-        for name in ("clip", "patience", "weight_decay", "decay_start", "warmup_steps"):
+        for name in ("clip", "patience", "weight_decay", "decay_start", "warmup_steps", "valid_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} cannot be negative")
         if self.lr_decay < 1:

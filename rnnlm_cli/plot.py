@@ -25,7 +25,9 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
         raise ConfigError(f"--plot writes .png, .svg or .pdf files, not {path.suffix or 'a file without suffix'}")
     if not history:
         raise RnnlmError("the checkpoint holds no training history to plot")
-    epochs = [record["epoch"] for record in history]  # an epoch cut short by --max-time shares its number
+    from rnnlm_cli.checkpoint import epoch_position
+
+    epochs = [epoch_position(record) for record in history]  # 6.45: a validation 45% into epoch 7
     probes = [record for record in history if record.get("hidden_gradient_norms")]
     panels = 1 + bool(gradients) + bool(probes)
     figure, all_axes = plt.subplots(panels, 1, figsize=(7, 4.2 * panels), squeeze=False)

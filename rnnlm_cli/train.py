@@ -2,8 +2,10 @@
 
 ``train(config)`` writes two checkpoints: ``config.out`` always holds the model with the best
 validation loss so far, and its companion ``<stem>.last<suffix>`` holds the latest state with
-everything needed to continue (optimizer, random generators, position in the epoch). Every
-validation is also appended as one JSON line to ``<stem>.metrics.jsonl``.
+everything needed to continue (optimizer, random generators, position in the epoch). Validation
+runs at the end of every epoch and, with ``valid_every`` N, after steps N, 2N, ... of each epoch; any
+validation can give the best model. Every validation is also appended as one JSON line to
+``<stem>.metrics.jsonl``.
 
 Learning-rate schedules:
 
@@ -46,7 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from rnnlm_cli import distributed
-from rnnlm_cli.checkpoint import Checkpoint, current_versions, load_checkpoint, save_checkpoint
+from rnnlm_cli.checkpoint import Checkpoint, current_versions, epoch_label, load_checkpoint, save_checkpoint
 from rnnlm_cli.config import TrainConfig, save_interval
 from rnnlm_cli.data import BPTTBatches, Dataset, line_ends, stream_share
 from rnnlm_cli.errors import CheckpointError, ConfigError, DatasetError, TrainingError, TrainingInterrupted
@@ -141,7 +143,7 @@ class _Progress:
     batch: int = 0  # next batch within the current epoch
     step: int = 0  # optimizer steps taken
     lr: float = 0.0
-    best_valid_loss: float = math.inf  # over every validation, also of epochs cut short by --max-time
+    best_valid_loss: float = math.inf  # over every validation, also those inside an epoch (--valid-every, a stop)
     best_epoch: int = 0
     best_complete_loss: float = math.inf  # over complete epochs only: what the schedule decides on
     bad_epochs: int = 0  # complete epochs in a row without a better validation loss
@@ -248,7 +250,7 @@ class _Trainer:
                 self._finish_epoch(valid_loss)
                 if config.patience and state.bad_epochs >= config.patience and state.epoch < config.epochs:
                     stop_reason = "early_stop"
-            else:
+            elif self.stopping:
                 stop_reason = "max_time"
             if improved and self.world.is_main:
                 save_checkpoint(self._checkpoint(with_state=False), self.out)
@@ -338,6 +340,8 @@ class _Trainer:
                     self._save_state()
                 if self.stopping:
                     break
+                if config.valid_every and state.batch % config.valid_every == 0 and state.batch < len(batches):
+                    break  # a validation inside the epoch (--valid-every); the epoch goes on after it
         finally:
             bar.close()
             state.epoch_seconds += time.monotonic() - started
@@ -443,6 +447,7 @@ class _Trainer:
         record = {
             "epoch": state.epoch + 1,
             "complete": finished,
+            "epoch_fraction": state.batch / len(self.batches),  # of the epoch trained when this validation ran
             "step": state.step,
             "train_loss": train_loss,
             "train_ppl": math.exp(min(train_loss, 700)),
@@ -737,10 +742,9 @@ def _describe(model: RNNLanguageModel) -> str:
 
 def _epoch_line(record: dict[str, Any], epochs: int, improved: bool, elapsed: float) -> str:
     minutes, seconds = divmod(int(elapsed), 60)
-    partial = "" if record["complete"] else " (partial)"
     mark = " *" if improved else ""
     return (
-        f"epoch {record['epoch']}/{epochs}{partial} | train ppl {_ppl(record['train_ppl'])} | "
+        f"epoch {epoch_label(record, epochs)} | train ppl {_ppl(record['train_ppl'])} | "
         f"valid ppl {_ppl(record['valid_ppl'])}{mark} | lr {record['lr']:.4g} | "
         f"clipped {100 * record['clipped_fraction']:.0f}% | {record['tokens_per_second']:,.0f} tok/s | "
         f"{minutes}m{seconds:02d}s"

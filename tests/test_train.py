@@ -82,6 +82,39 @@ def test_max_time_stops_mid_epoch_and_resume_finishes_exactly(cli, word_dataset,
     assert clocks == sorted(clocks) and clocks[1] > earlier
 
 
+def test_valid_every_validates_inside_epochs_without_changing_training(cli, word_dataset, tmp_path):
+    common = [*TINY_MODEL, "--dropout", "0.3", "--seed", "5", "--epochs", "2"]
+    straight = cli.json("train", word_dataset, "--out", tmp_path / "a.pt", *common, "-q")
+    per_epoch = straight["history"][0]["step"]
+    assert per_epoch > 6  # room for validations inside the epoch
+    result = cli("train", word_dataset, "--out", tmp_path / "b.pt", *common, "--valid-every", "3", "--json")
+    summary = json.loads(result.stdout)
+    history = summary["history"]
+    # after steps 3, 6, ... of each epoch, and at its end
+    steps = [[epoch * per_epoch + step for step in [*range(3, per_epoch, 3), per_epoch]] for epoch in (0, 1)]
+    assert [r["step"] for r in history] == steps[0] + steps[1]
+    for record in history:
+        in_epoch = record["step"] - (record["epoch"] - 1) * per_epoch
+        assert record["complete"] == (in_epoch == per_epoch) and 0 < in_epoch <= per_epoch
+        assert record["epoch_fraction"] == pytest.approx(in_epoch / per_epoch)
+    # validating does not touch training: the same end-of-epoch losses and the same weights
+    complete = [r["valid_loss"] for r in history if r["complete"]]
+    assert complete == [r["valid_loss"] for r in straight["history"]]
+    for name, tensor in _weights(tmp_path / "a.last.pt").items():
+        assert torch.equal(tensor, _weights(tmp_path / "b.last.pt")[name]), name
+    # any validation can give the best checkpoint
+    best = min(history, key=lambda r: r["valid_loss"])
+    assert summary["best_valid_ppl"] == pytest.approx(best["valid_ppl"])
+    assert load_checkpoint(tmp_path / "b.pt").train["step"] == best["step"]
+    assert f"epoch 1/2 ({int(100 * 3 / per_epoch)}%) | train ppl" in result.stderr
+    assert "epoch 2/2 | train ppl" in result.stderr
+    assert f"1 ({int(100 * 3 / per_epoch)}%)" in cli("info", tmp_path / "b.pt").stdout
+    # a resumed run can turn it off
+    resumed = cli.json("train", word_dataset, "--resume", tmp_path / "b.pt", "--epochs", "3", "--valid-every", "0",
+                       "-q")
+    assert [r["complete"] for r in resumed["history"][len(history):]] == [True]
+
+
 def test_plateau_decay_and_early_stop(cli, word_dataset, tmp_path):
     # a big model on 300 lines overfits quickly: validation stops improving, the rate is halved, training stops
     summary = cli.json("train", word_dataset, "--out", tmp_path / "m.pt", "--hidden-size", "128", "--emb-size", "64",
@@ -279,6 +312,7 @@ def test_paths_of_the_wrong_kind_and_datasets_missing_a_split_are_one_line(cli, 
     (["--dropout", "1.5"], "--dropout"),
     (["--clip", "-1"], "--clip"),
     (["--max-time", "0"], "--max-time"),
+    (["--valid-every", "-1"], "--valid-every"),
     (["--lr-decay", "0.5"], "--lr-decay"),
 ])
 def test_out_of_range_training_options_are_usage_errors(cli, word_dataset, tmp_path, options, name):

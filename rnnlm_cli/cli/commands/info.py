@@ -103,6 +103,8 @@ def _curve(history):
     """The training curve as a table: one row per validation, with bars on a log scale."""
     from rich.table import Table
 
+    from rnnlm_cli.checkpoint import epoch_label
+
     values = [record[key] for record in history for key in ("train_ppl", "valid_ppl")]
     low, high = min(values), max(values)
 
@@ -111,8 +113,7 @@ def _curve(history):
     for column in ("epoch", "train ppl", "valid ppl", "", "lr", "clipped", "seconds", "tokens/s"):
         table.add_column(column, justify="left" if column == "" else "right")
     for record in history:
-        epoch = f"{record['epoch']}{'' if record.get('complete', True) else ' (partial)'}"
-        table.add_row(epoch, output.number(record["train_ppl"]), output.number(record["valid_ppl"]),
+        table.add_row(epoch_label(record), output.number(record["train_ppl"]), output.number(record["valid_ppl"]),
                       _log_bar(record["train_ppl"], low, high, "blue") + "\n"
                       + _log_bar(record["valid_ppl"], low, high, "green"),
                       f"{record['lr']:.4g}", f"{100 * record.get('clipped_fraction', 0):.0f}%",

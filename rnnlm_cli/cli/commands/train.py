@@ -117,6 +117,11 @@ def command(
         "save_every", "Also save the resumable state (the .last checkpoint) every N steps (500) or minutes "
                       "(10m), bounding what a crash can cost. Ctrl-C and SIGTERM always save it.",
         default="every epoch", metavar="N|Nm")] = None,
+    valid_every: Annotated[Optional[int], _option(
+        "valid_every", "Also validate after steps N, 2N, ... of each epoch, for long epochs or to keep the best "
+                       "model between epoch ends. Each validation is recorded and can become the best checkpoint; "
+                       "the schedule and --patience look at epoch ends only. 0: at epoch ends only.",
+        metavar="N", min=0)] = None,
     log_gradients: Annotated[Optional[bool], _option(
         "log_gradients", "Record every step's global gradient norm (and so the clip rate), and at each validation "
                          "how the loss gradient reaches back through the hidden states of a validation window; "
@@ -129,10 +134,11 @@ def command(
     """Train an RNN language model on a dataset directory.
 
     Embedding -> RNN / LSTM / GRU layers -> Affine -> Softmax, trained with truncated BPTT and
-    gradient clipping. Validates after every epoch on the valid split (or on a held-out tail of
-    train), follows a learning-rate schedule and stops early after --patience bad epochs. A
-    progress bar shows loss, ppl and tokens/s; one line per epoch follows. With --preset, the
-    preset's values replace the defaults shown here; explicit options still win.
+    gradient clipping. Validates after every epoch (and every --valid-every steps) on the valid
+    split (or on a held-out tail of train), follows a learning-rate schedule and stops early
+    after --patience bad epochs. A progress bar shows loss, ppl and tokens/s; one line per
+    validation follows. With --preset, the preset's values replace the defaults shown here;
+    explicit options still win.
 
     Example:
 
@@ -141,6 +147,8 @@ def command(
         rnnlm train data/ptb --out ptb.pt --cell gru --hidden-size 400 --optimizer adam --schedule cosine
 
         rnnlm train data/ptb --resume small.pt --epochs 20
+
+        rnnlm train data/wikitext-103 --out wt103.pt --valid-every 5000 --save-every 30m
 
         rnnlm train data/wikitext-2 --out wt2.pt --softmax adaptive --cutoffs 2000,10000
 
@@ -162,7 +170,8 @@ def command(
         "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "clip": clip,
         "epochs": epochs, "schedule": schedule, "lr_decay": lr_decay, "decay_start": decay_start,
         "warmup_steps": warmup_steps, "patience": patience, "precision": precision, "seed": seed,
-        "device": device, "max_time": max_time, "save_every": save_every, "log_gradients": log_gradients,
+        "device": device, "max_time": max_time, "save_every": save_every, "valid_every": valid_every,
+        "log_gradients": log_gradients,
     }
     overrides = {key: getattr(value, "value", value) for key, value in given.items() if value is not None}
     if resume is not None:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized  # noqa: E402
+from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized, training_time  # noqa: E402
 
 HEADS = {"full": [], "adaptive": ["--softmax", "adaptive", "--cutoffs", "2000,10000"]}
 
@@ -50,9 +50,7 @@ def main() -> None:
 
 def _speeds(run: dict) -> tuple[float, float, int]:
     """(tokens/s inside the epochs, tokens/s of the whole process, training tokens) of one run."""
-    history = run["history"]
-    tokens = sum(record["tokens_per_second"] * record["seconds"] for record in history)
-    seconds = sum(record["seconds"] for record in history)
+    tokens, seconds = training_time(run["history"])
     return tokens / seconds, tokens / run["process_seconds"], int(round(tokens))
 
 

@@ -69,6 +69,16 @@ def tokenized(corpus: Path, name: str) -> Path:
     return data_dir
 
 
+def training_time(history: list[dict]) -> tuple[float, float]:
+    """(training tokens, seconds spent training) of a run's metrics records, validation excluded.
+
+    A record's ``seconds`` and ``tokens_per_second`` cover its epoch up to that validation, so only the last
+    record of each epoch counts (with --valid-every an epoch has several)."""
+    last = {record["epoch"]: record for record in history}
+    tokens = sum(record["tokens_per_second"] * record["seconds"] for record in last.values())
+    return tokens, sum(record["seconds"] for record in last.values())
+
+
 def timed(function, *args):
     """Wall-clock seconds of ``function(*args)`` and its value."""
     start = time.perf_counter()

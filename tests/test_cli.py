@@ -48,6 +48,45 @@ def test_module_entry_point_and_fast_help():
     assert result.stderr.strip() == "False"
 
 
+QUICK_EXIT_PROBE = """
+import atexit, sys
+from rnnlm_cli.cli.app import main
+
+class Probe:
+    def __del__(self):  # runs when the interpreter tears its modules down, which the quick exit skips
+        print("teardown", file=sys.stderr)
+
+probe = Probe()
+atexit.register(print, "atexit handler", file=sys.stderr)
+sys.argv = ["rnnlm", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("args,code,stdout,stderr", [
+    (["--version"], 0, f"rnnlm {__version__}\n", "atexit handler\n"),
+    (["eval", "missing.pt", "-"], 1, "", "rnnlm: error: missing.pt: no such checkpoint\natexit handler\n"),
+    (["eval", "--no-such-option"], 2, "", "--no-such-option"),
+])
+def test_console_script_runs_atexit_handlers_then_skips_teardown(args, code, stdout, stderr, tmp_path):
+    result = subprocess.run([sys.executable, "-c", QUICK_EXIT_PROBE, *args], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == code
+    assert result.stdout == stdout
+    assert stderr in result.stderr and result.stderr.endswith("atexit handler\n")
+    assert "teardown" not in result.stderr
+
+
+def test_console_script_flushes_all_of_a_long_output(cli, word_model, corpus, tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text(corpus["train"].read_text(encoding="utf-8") * 5, encoding="utf-8")
+    args = ["eval", str(word_model), str(big), "--level", "token", "--format", "tsv", "--precision", "fp32"]
+    result = subprocess.run([sys.executable, "-m", "rnnlm_cli", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == ""
+    assert len(result.stdout) > 100_000  # well past any buffer
+    assert result.stdout == cli(*args).stdout
+
+
 def test_usage_errors_exit_2_with_nothing_on_stdout(cli, word_model):
     result = cli("eval", word_model, "-", "--no-such-option", expect=2)
     assert result.stdout == "" and "--no-such-option" in result.stderr

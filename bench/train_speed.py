@@ -153,7 +153,7 @@ def main() -> None:
              "--max-time S` process; the plain loop runs equally long; two runs of each, alternated, averaged. The "
              "ratio compares runs made in the same script run, minutes apart, on the machine named above its table. "
              "'Inside the epochs' counts training time only (no start-up, validation or saving). Rows measured "
-             "before 2026-11-24 02:00 took that figure from the run's last metrics record alone: for small, whose "
+             "before 2026-11-24 01:30 took that figure from the run's last metrics record alone: for small, whose "
              "first PTB epoch ends inside a 90 s run, that was only the part of epoch 2 trained before the stop."]
     for name, machine_rows in stored.items():
         table = list(header)

@@ -55,6 +55,7 @@ from rnnlm_cli.errors import CheckpointError, ConfigError, DatasetError, Trainin
 from rnnlm_cli.evaluate import score_lines_backward, score_stream
 from rnnlm_cli.model import Hidden, ModelConfig, RNNLanguageModel, detach_hidden
 from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, seed_everything
+from rnnlm_cli.sgd import PlainSGD
 
 log = logging.getLogger(__name__)
 
@@ -727,7 +728,9 @@ def _plain_sgd(config: TrainConfig) -> bool:
     return config.optimizer == "sgd" and not config.weight_decay
 
 
-def _make_optimizer(config: TrainConfig, model: RNNLanguageModel) -> torch.optim.Optimizer:
+def _make_optimizer(config: TrainConfig, model: RNNLanguageModel) -> torch.optim.Optimizer | PlainSGD:
+    if _plain_sgd(config):
+        return PlainSGD(model.parameters(), lr=config.lr)  # torch.optim's update, without its start-up cost
     optimizer_class = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     return optimizer_class[config.optimizer](model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 

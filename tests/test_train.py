@@ -399,3 +399,68 @@ def test_log_gradients_records_every_step_and_a_hidden_state_probe(cli, word_dat
     plain = cli.json("train", word_dataset, "--out", tmp_path / "p.pt", *TINY_MODEL, "--epochs", "1", "-q")
     assert "hidden_gradient_norms" not in plain["history"][0]
     assert "gradients" not in load_checkpoint(tmp_path / "p.pt").train
+
+
+def test_plain_sgd_updates_bit_for_bit_as_torch_optim_sgd():
+    from rnnlm_cli.model import ModelConfig, RNNLanguageModel
+    from rnnlm_cli.sgd import PlainSGD
+
+    def model():
+        torch.manual_seed(0)
+        built = RNNLanguageModel(ModelConfig(40, emb_size=8, hidden_size=8, layers=2))
+        built.sparse_embedding_gradient = True  # the embedding's gradient is sparse, as in the presets' runs
+        return built
+
+    def run(make_optimizer):
+        trained = model()
+        optimizer = make_optimizer(trained.parameters())
+        generator = torch.Generator().manual_seed(1)
+        for step, lr in enumerate([1.0, 1.0, 0.25, 0.5]):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            ids = torch.randint(0, 40, (3, 6), generator=generator)
+            features, _ = trained.features(ids[:, :-1])
+            loss = trained.loss(features.reshape(-1, 8), ids[:, 1:].reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if step == 2:  # a parameter without a gradient is left alone
+                next(trained.stack().parameters()).grad = None
+            optimizer.step()
+        return trained.state_dict(), optimizer.state_dict()
+
+    ours, ours_state = run(lambda params: PlainSGD(params, lr=1.0))
+    theirs, their_state = run(lambda params: torch.optim.SGD(params, lr=1.0))
+    initial = model().state_dict()
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+        assert not torch.equal(ours[name], initial[name]), name
+    # the same state layout: each loads the other's
+    assert ours_state["param_groups"][0] == {key: value for key, value in their_state["param_groups"][0].items()
+                                             if key in ours_state["param_groups"][0]}
+    plain = PlainSGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    plain.load_state_dict(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.3).state_dict())
+    assert plain.param_groups[0]["lr"] == 0.3
+    torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, weight_decay=0.1).load_state_dict(plain.state_dict())
+    momentum = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
+    momentum.state[momentum.param_groups[0]["params"][0]] = {"momentum_buffer": torch.zeros(2, 2)}
+    with pytest.raises(ValueError, match="not plain SGD"):
+        plain.load_state_dict(momentum.state_dict())
+
+
+def test_default_training_does_not_import_torch_dynamo(word_dataset, tmp_path):
+    """torch.optim imports torch._dynamo on first use (1.0-1.6 s); plain SGD runs without it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from rnnlm_cli.cli.app import app\n"
+             "try:\n    app()\nexcept SystemExit as stop:\n    assert not stop.code, stop.code\n"
+             "print('torch._dynamo' in sys.modules)")
+    for options, imported in (([], "False"), (["--optimizer", "adam"], "True")):
+        args = ["train", word_dataset, "--out", tmp_path / "d.pt", *TINY_MODEL, "--epochs", "1", "--force", "-q",
+                *options]
+        result = subprocess.run([sys.executable, "-c", probe, *map(str, args)], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == imported, options
+

@@ -570,6 +570,8 @@ class _Trainer:
             raise CheckpointError(f"{path}: its settings differ from this run's ({', '.join(changed) or 'vocab_size'})")
         model.load_state_dict(checkpoint.model_state)
         self.optimizer.load_state_dict(saved["optimizer"])
+        for group in self.optimizer.param_groups:  # torch.optim's groups come back with the saved settings
+            group["weight_decay"] = config.weight_decay  # an explicit --weight-decay on resume applies
         if "gradients" in checkpoint.train:
             self.gradient_steps = checkpoint.train["gradients"]["step"].tolist()
             self.gradient_norms = checkpoint.train["gradients"]["norm"].tolist()

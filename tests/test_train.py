@@ -464,3 +464,23 @@ def test_default_training_does_not_import_torch_dynamo(word_dataset, tmp_path):
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == imported, options
 
+
+def test_resume_applies_a_changed_weight_decay_in_either_direction(cli, word_dataset, tmp_path):
+    """Plain SGD (PlainSGD) and SGD with weight decay (torch.optim) resume from each other's state, and the
+    resumed run's --weight-decay is the one applied, not the one in the saved optimizer state."""
+    common = [*TINY_MODEL, "--precision", "fp32", "--lr", "1", "-q"]
+    for first, then in ((0.0, 0.5), (0.5, 0.0)):
+        out = tmp_path / f"wd{first}.pt"
+        cli("train", word_dataset, "--out", out, *common, "--epochs", "1", "--weight-decay", first)
+        last = out.with_name(f"wd{first}.last.pt")
+        after_one_epoch = last.read_bytes()
+        norms = {}
+        for decay in (first, then):  # each resumed from the state after epoch 1
+            last.write_bytes(after_one_epoch)
+            cli("train", word_dataset, "--resume", last, "--epochs", "2", "--weight-decay", decay, "-q")
+            checkpoint = load_checkpoint(last)
+            state = checkpoint.train["state"]
+            assert state["epoch"] == 2 and state["optimizer"]["param_groups"][0]["weight_decay"] == decay
+            norms[decay] = sum(float(weight.norm()) ** 2 for weight in checkpoint.model_state.values())
+        # the decay applied: weights pulled toward zero every step end up far smaller than without it
+        assert norms[0.5] < 0.5 * norms[0.0]

@@ -3,9 +3,10 @@
     python bench/train_speed.py                 # small and medium; writes the "train-speed" section
     python bench/train_speed.py --preset small  # re-measures one row; the other comes from bench/results/
     python bench/train_speed.py --quick         # small only, 20 s per run; prints, writes nothing
+    python bench/train_speed.py --preset small --rounds 4  # more alternations where the speed drifts
 
 For each architecture (the small and medium presets: 2x200 LSTM with bptt 20, 2x650 LSTM with
-bptt 35 and dropout 0.5; batch 20) the script alternates two kinds of run, twice each:
+bptt 35 and dropout 0.5; batch 20) the script alternates two kinds of run, --rounds times each (default 2):
 
 - plain loop: the training loop a user writes from the PyTorch word_language_model example
   (sequence-first nn.LSTM, nn.Dropout, mean cross-entropy, clip_grad_norm_, SGD), fp32, timed in
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "ptb")
     parser.add_argument("--quick", action="store_true", help="small only, 20 s runs; print only")
     parser.add_argument("--seconds", type=float, default=None, help="length of each run")
+    parser.add_argument("--rounds", type=int, default=2, help="alternated runs of each kind (default 2)")
     parser.add_argument("--preset", action="append", choices=["small", "medium"],
                         help="measure only this preset (repeatable); the others' rows are kept")
     args = parser.parse_args()
@@ -130,13 +132,14 @@ def main() -> None:
     for preset in presets:
         budget = budgets[preset]
         plain, ours, ours_epoch, ours_fp32 = [], [], [], []
-        for _ in range(2):  # alternate, so that drifts in machine speed hit both sides
+        for _ in range(args.rounds):  # alternate, so that drifts in machine speed hit both sides
             plain.append(plain_loop(ids, PRESETS[preset], vocab, budget))
             whole, epoch = rnnlm_run(data_dir, preset, budget, "auto", work)
             ours.append(whole)
             ours_epoch.append(epoch)
         ours_fp32.append(rnnlm_run(data_dir, preset, budget, "fp32", work)[0])
-        rows[preset] = {"seconds": budget, "plain": statistics.mean(plain), "rnnlm": statistics.mean(ours),
+        rows[preset] = {"seconds": budget, "rounds": args.rounds, "plain": statistics.mean(plain),
+                        "rnnlm": statistics.mean(ours),
                         "rnnlm_in_epoch": statistics.mean(ours_epoch), "rnnlm_fp32": ours_fp32[0],
                         "measured": time.strftime("%Y-%m-%d %H:%M")}
         print(preset, rows[preset], flush=True)
@@ -146,11 +149,11 @@ def main() -> None:
     RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
 
     header = ["| preset | model | plain fp32 loop tok/s | rnnlm train tok/s (whole process) | ratio | "
-              "rnnlm tok/s inside the epochs | rnnlm --precision fp32 (whole process) | S | measured |",
+              "rnnlm tok/s inside the epochs | rnnlm --precision fp32 (whole process) | S x R | measured |",
               "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     parts = ["## Training speed (`bench/train_speed.py`)",
              "Command: `python bench/train_speed.py`. Each rnnlm run is a whole `rnnlm train --preset NAME "
-             "--max-time S` process; the plain loop runs equally long; two runs of each, alternated, averaged. The "
+             "--max-time S` process; the plain loop runs equally long; R runs of each, alternated, averaged. The "
              "ratio compares runs made in the same script run, minutes apart, on the machine named above its table. "
              "'Inside the epochs' counts training time only (no start-up, validation or saving). Rows measured "
              "before 2026-11-24 01:30 took that figure from the run's last metrics record alone: for small, whose "
@@ -163,7 +166,8 @@ def main() -> None:
             table.append(f"| {preset} | 2 x {settings['hidden_size']}, bptt {settings['bptt']}, batch "
                          f"{settings['batch_size']} | {plain:,.0f} | {row['rnnlm']:,.0f} | {row['rnnlm'] / plain:.2f}x "
                          f"| {row['rnnlm_in_epoch']:,.0f} | {row['rnnlm_fp32']:,.0f} "
-                         f"({row['rnnlm_fp32'] / plain:.2f}x) | {row['seconds']:g} s | {row['measured']} |")
+                         f"({row['rnnlm_fp32'] / plain:.2f}x) | {row['seconds']:g} s x {row.get('rounds', 2)} | "
+                         f"{row['measured']} |")
         parts += [f"Machine: {name}.", "\n".join(table)]
     body = "\n\n".join(parts)
     publish("train-speed", body, dry_run=False)

@@ -26,22 +26,25 @@ class PlainSGD:
         self.params = list(params)
         self.param_groups: list[dict[str, Any]] = [{"params": self.params, "lr": lr}]
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
+        """Drop the gradients (torch.optim's default, set_to_none)."""
         for param in self.params:
-            if set_to_none:
-                param.grad = None
-            elif param.grad is not None:
-                param.grad.detach_().zero_()
+            param.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
         lr = self.param_groups[0]["lr"]
-        dense = [param for param in self.params if param.grad is not None and not param.grad.is_sparse]
-        if dense:
-            torch._foreach_add_(dense, [param.grad for param in dense], alpha=-lr)
+        dense, grads = [], []
         for param in self.params:
-            if param.grad is not None and param.grad.is_sparse:  # the embedding's rows that were read
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:  # the embedding's rows that were read
                 param.add_(param.grad, alpha=-lr)
+            else:
+                dense.append(param)
+                grads.append(param.grad)
+        if dense:
+            torch._foreach_add_(dense, grads, alpha=-lr)
 
     def state_dict(self) -> dict[str, Any]:
         group = {"lr": self.param_groups[0]["lr"], "momentum": 0, "dampening": 0, "weight_decay": 0,

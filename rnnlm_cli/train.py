@@ -305,7 +305,7 @@ class _Trainer:
                 targets = windows[0][1]
                 with autocast(self.device, self.precision):
                     loss, hiddens = self.step_module(windows, [detach_hidden(h) for h in self.hiddens])
-                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad()
                 loss.backward()
                 # the global norm is computed (and clipped to --clip) every step: a non-finite one stops training.
                 # It is checked first: it is the same in every process, so all of them stop together.

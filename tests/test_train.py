@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -80,6 +81,44 @@ def test_max_time_stops_mid_epoch_and_resume_finishes_exactly(cli, word_dataset,
     assert first <= earlier <= summary["process_seconds"]
     clocks = [r["elapsed_seconds"] for r in resumed["history"]]
     assert clocks == sorted(clocks) and clocks[1] > earlier
+
+
+class _ShiftedClock:
+    """`time` for rnnlm_cli.train with a clock that can be moved forward: validations that take 10 s, for nothing."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def test_max_time_leaves_room_for_the_last_validation(cli, word_dataset, tmp_path, monkeypatch):
+    """The budget covers the validation and saves after the stop: training stops once less time is left than the
+    last validation took, and a budget spent during an epoch's validation ends the run there, with no step more."""
+    from rnnlm_cli import train as train_module
+
+    clock = _ShiftedClock()
+    validation = train_module._Trainer._validation_loss
+
+    def slow_validation(self):
+        clock.offset += 10.0
+        return validation(self)
+
+    monkeypatch.setattr(train_module, "time", clock)
+    monkeypatch.setattr(train_module._Trainer, "_validation_loss", slow_validation)
+    # epoch 1 and its validation end after about 10 s, epoch 2's after 20 s: 5 s left, less than a validation
+    result = cli("train", word_dataset, "--out", tmp_path / "m.pt", *TINY_MODEL, "--epochs", "5", "--max-time", "25",
+                 "--json")
+    summary = json.loads(result.stdout)
+    assert summary["stop_reason"] == "max_time" and summary["epochs"] == 2
+    assert [r["complete"] for r in summary["history"]] == [True, True]
+    assert 20 < summary["process_seconds"] <= 25
+    assert load_checkpoint(tmp_path / "m.last.pt").train["state"]["batch"] == 0  # resumes at epoch 3's start
+    assert "stopped at the --max-time budget" in result.stderr
 
 
 def test_valid_every_validates_inside_epochs_without_changing_training(cli, word_dataset, tmp_path):

@@ -111,7 +111,9 @@ def command(
         "device", "Where to train: auto picks CUDA, then Apple MPS, then the CPU. Under torchrun each process "
                   "takes the GPU of its LOCAL_RANK.")] = None,
     max_time: Annotated[Optional[float], _option(
-        "max_time", "Stop cleanly after this many seconds, both checkpoints saved (continue with --resume).",
+        "max_time", "Time budget in seconds: training stops early enough for the validation and saves after it "
+                    "to end within it (as long as the last ones took; estimated before the first). Both "
+                    "checkpoints are saved; continue with --resume.",
         default="no limit", min=0.001)] = None,
     save_every: Annotated[Optional[str], _option(
         "save_every", "Also save the resumable state (the .last checkpoint) every N steps (500) or minutes "

@@ -7,7 +7,7 @@
 
 Runs the calls `rnnlm train` makes for one step of plain SGD (the model's training forward pass and fused
 loss under the training precision, backward with a sparse embedding gradient, the global gradient norm,
-the SGD step) on random token ids over the
+the plain SGD step of `rnnlm_cli/sgd.py`) on random token ids over the
 PTB vocabulary size (10,000): speed does not depend on the data. Prints the mean step time over
 ``--steps`` timed steps, then a torch.profiler table of the same number of steps (the profiler adds
 overhead, so its total is a little higher). Writes nothing; docs/benchmarks.md's profiling notes quote it.
@@ -33,6 +33,7 @@ from common import SHARED_DATA, tokenized  # noqa: E402
 from rnnlm_cli.config import PRESETS, TrainConfig  # noqa: E402
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden  # noqa: E402
 from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_precision  # noqa: E402
+from rnnlm_cli.sgd import PlainSGD  # noqa: E402
 from rnnlm_cli.train import gradient_norm, train  # noqa: E402
 
 
@@ -59,7 +60,7 @@ def main() -> None:
     model = RNNLanguageModel(config).train()
     model.sparse_embedding_gradient = not args.dense_embedding_gradient  # as rnnlm train does for plain SGD
     parameters = list(model.parameters())
-    optimizer = torch.optim.SGD(parameters, lr=preset["lr"])
+    optimizer = PlainSGD(parameters, lr=preset["lr"])  # the presets' optimizer in rnnlm train
     batch, bptt = preset["batch_size"], preset["bptt"]
     inputs, targets = torch.randint(0, 10_000, (batch, bptt)), torch.randint(0, 10_000, (batch, bptt))
     hidden = model.init_hidden(batch)
@@ -69,7 +70,7 @@ def main() -> None:
         with autocast(device, precision):
             features, new_hidden = model.features(inputs, detach_hidden(hidden))
             loss = model.loss(features.reshape(-1, features.shape[-1]), targets.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss.backward()
         gradient_norm(parameters)
         optimizer.step()

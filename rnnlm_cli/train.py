@@ -200,6 +200,7 @@ class _Trainer:
         self.valid_losses: list[float] = []  # of each direction, at the last validation
         self.stopping = 0  # why the last epoch stopped early: 1 for --max-time, else the signal's number
         self.finish_seconds: float | None = None  # how long this process's last validation and saves took
+        self.kept_for_finish = 0.0  # of the --max-time budget, when it was last checked
         self.epoch_started, self.epoch_tokens_at_start = time.monotonic(), 0  # of this process's part of the epoch
         self.gradient_steps: list[int] = []  # with --log-gradients: each step's number and global gradient norm
         self.gradient_norms: list[float] = []
@@ -271,7 +272,8 @@ class _Trainer:
         if stop_reason == "early_stop":
             log.info("early stop: no improvement in validation for %d epochs", state.bad_epochs)
         elif stop_reason == "max_time":
-            log.info("stopped at the --max-time budget; continue with --resume %s", self.out)
+            log.info("stopped at the --max-time budget (less of it was left than the %.1f s that validating and "
+                     "saving take); continue with --resume %s", self.kept_for_finish, self.out)
         best = state.best_valid_loss
         return TrainResult(
             checkpoint=str(self.out),
@@ -384,7 +386,10 @@ class _Trainer:
         leave the others waiting for it in a collective.
         """
         received = self.stop.received
-        late = deadline is not None and time.monotonic() >= deadline - self._time_to_finish()
+        late = False
+        if deadline is not None:
+            self.kept_for_finish = self._time_to_finish()
+            late = time.monotonic() >= deadline - self.kept_for_finish
         votes = [loss_sum, float(save_due), float(late), float(received == signal.SIGINT),
                  float(received == signal.SIGTERM)]
         if self.world.active:

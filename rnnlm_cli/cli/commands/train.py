@@ -111,8 +111,8 @@ def command(
         "device", "Where to train: auto picks CUDA, then Apple MPS, then the CPU. Under torchrun each process "
                   "takes the GPU of its LOCAL_RANK.")] = None,
     max_time: Annotated[Optional[float], _option(
-        "max_time", "Time budget in seconds: training stops early enough for the validation and saves after it "
-                    "to end within it (as long as the last ones took; estimated before the first). Both "
+        "max_time", "Time budget in seconds, the final validation and saves included: training stops that "
+                    "much earlier (as long as the last validation took, estimated before the first). Both "
                     "checkpoints are saved; continue with --resume.",
         default="no limit", min=0.001)] = None,
     save_every: Annotated[Optional[str], _option(

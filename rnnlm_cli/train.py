@@ -272,8 +272,8 @@ class _Trainer:
         if stop_reason == "early_stop":
             log.info("early stop: no improvement in validation for %d epochs", state.bad_epochs)
         elif stop_reason == "max_time":
-            log.info("stopped at the --max-time budget (less of it was left than the %.1f s that validating and "
-                     "saving take); continue with --resume %s", self.kept_for_finish, self.out)
+            log.info("stopped at the --max-time budget (allowing %.1f s of it for validating and saving); continue "
+                     "with --resume %s", self.kept_for_finish, self.out)
         best = state.best_valid_loss
         return TrainResult(
             checkpoint=str(self.out),

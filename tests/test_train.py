@@ -119,7 +119,8 @@ def test_max_time_leaves_room_for_the_last_validation(cli, word_dataset, tmp_pat
     assert [r["complete"] for r in summary["history"]] == [True, True]
     assert 20 < summary["process_seconds"] <= 25
     assert load_checkpoint(tmp_path / "m.last.pt").train["state"]["batch"] == 0  # resumes at epoch 3's start
-    assert re.search(r"stopped at the --max-time budget \(less of it was left than the 10\.\d s", result.stderr)
+    assert re.search(r"stopped at the --max-time budget \(allowing 10\.\d s of it for validating and saving\)",
+                     result.stderr)
 
 
 def test_valid_every_validates_inside_epochs_without_changing_training(cli, word_dataset, tmp_path):

@@ -201,7 +201,7 @@ class _Trainer:
         self.stopping = 0  # why the last epoch stopped early: 1 for --max-time, else the signal's number
         self.finish_seconds: float | None = None  # how long this process's last validation and saves took
         self.kept_for_finish = 0.0  # of the --max-time budget, when it was last checked
-        self.epoch_started, self.epoch_tokens_at_start = time.monotonic(), 0  # of this process's part of the epoch
+        self.epoch_started, self.epoch_tokens_at_start = time.monotonic(), 0  # where _train_epoch last began
         self.gradient_steps: list[int] = []  # with --log-gradients: each step's number and global gradient norm
         self.gradient_norms: list[float] = []
         self.out = Path(config.out)
@@ -303,8 +303,7 @@ class _Trainer:
         bar = tqdm(total=len(batches), initial=state.batch, desc=f"epoch {state.epoch + 1}/{config.epochs}",
                    unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True,
                    disable=None if self.progress else True)
-        started, tokens_at_start = time.monotonic(), state.epoch_tokens
-        self.epoch_started, self.epoch_tokens_at_start = started, tokens_at_start
+        self.epoch_started, self.epoch_tokens_at_start = time.monotonic(), state.epoch_tokens
         try:
             while state.batch < len(batches):
                 if config.schedule == "cosine":
@@ -343,7 +342,8 @@ class _Trainer:
                 bar.update(1)
                 if state.batch % 10 == 0 or state.batch == len(batches):
                     mean = state.epoch_loss_sum / state.epoch_tokens
-                    speed = (state.epoch_tokens - tokens_at_start) / max(time.monotonic() - started, 1e-9)
+                    speed = (state.epoch_tokens - self.epoch_tokens_at_start) / max(
+                        time.monotonic() - self.epoch_started, 1e-9)
                     bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
                                     tok_s=f"{speed:,.0f}", lr=f"{state.lr:.3g}", refresh=False)
                 if save:
@@ -354,7 +354,7 @@ class _Trainer:
                     break  # a validation inside the epoch (--valid-every); the epoch goes on after it
         finally:
             bar.close()
-            state.epoch_seconds += time.monotonic() - started
+            state.epoch_seconds += time.monotonic() - self.epoch_started
         return state.batch == len(batches)
 
     def _clip(self, parameters: list[nn.Parameter]) -> tuple[float, float | None]:

@@ -3,7 +3,7 @@
 Knows nothing of files, tokenizers or the CLI. ``ModelConfig`` is the only way to build a model.
 Inference runs the recurrent layers as one fused ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` call;
 training runs them layer by layer so that every dropout variant fits between them, and on CPUs
-trains LSTMs with the GEMM-batched layer of ``lstm_cpu`` (same weights, same math).
+trains LSTMs with the GEMM-batched layer of ``lstm_cpu`` (same weights, the same math up to fp32 rounding).
 
 The output layer is a full softmax over the vocabulary, or an adaptive softmax (Grave et al. 2017,
 ``nn.AdaptiveLogSoftmaxWithLoss``): the most frequent words and one entry per cluster in a head, the

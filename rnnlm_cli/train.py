@@ -160,17 +160,23 @@ class _Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def train(config: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> TrainResult:
-    """Train (or continue training) a model on ``config.dataset``; see the module docstring."""
+def train(config: TrainConfig, resume: str | Path | None = None, progress: bool = True,
+          started: float | None = None) -> TrainResult:
+    """Train (or continue training) a model on ``config.dataset``; see the module docstring.
+
+    ``started`` is the ``time.monotonic()`` reading that the ``max_time`` budget and this process's seconds count
+    from: by default this call; the CLI passes its command's start, so that the budget covers importing torch too.
+    """
     try:
-        return _Trainer(config, resume, progress).run()
+        return _Trainer(config, resume, progress, started).run()
     finally:
         distributed.stop()
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, resume: str | Path | None, progress: bool) -> None:
-        self.started = time.monotonic()
+    def __init__(self, config: TrainConfig, resume: str | Path | None, progress: bool,
+                 started: float | None = None) -> None:
+        self.started = time.monotonic() if started is None else started
         self.config = config
         if resume is None:
             _check_new_output(Path(config.out), config.force)

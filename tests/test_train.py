@@ -123,6 +123,24 @@ def test_max_time_leaves_room_for_the_last_validation(cli, word_dataset, tmp_pat
                      result.stderr)
 
 
+def test_max_time_counts_from_the_command_start(cli, word_dataset, tmp_path):
+    """The console script hands its start to the train command (as Click's context object), so the budget covers
+    the imports too: a budget already spent when training begins stops the run at the first check."""
+    from rnnlm_cli.cli.app import app
+
+    args = [str(a) for a in ("train", word_dataset, "--out", tmp_path / "m.pt", *TINY_MODEL, "--epochs", "3",
+                             "--max-time", "90", "--json")]
+    result = cli.runner.invoke(app, args, obj={"started": time.monotonic() - 100})
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["stop_reason"] == "max_time" and summary["epochs"] == 0
+    assert summary["history"][-1]["step"] == 1  # one step, then the check found the budget spent
+    assert summary["process_seconds"] >= 100
+    unlimited = cli.json("train", word_dataset, "--out", tmp_path / "n.pt", *TINY_MODEL, "--epochs", "3",
+                         "--max-time", "90")  # the same budget counted from the call itself: it is enough
+    assert unlimited["stop_reason"] == "completed" and unlimited["process_seconds"] < 90
+
+
 def test_valid_every_validates_inside_epochs_without_changing_training(cli, word_dataset, tmp_path):
     common = [*TINY_MODEL, "--dropout", "0.3", "--seed", "5", "--epochs", "2"]
     straight = cli.json("train", word_dataset, "--out", tmp_path / "a.pt", *common, "-q")

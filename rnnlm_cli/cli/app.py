@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -112,7 +113,7 @@ def main() -> None:
     (docs/benchmarks.md) that a shell loop over many corpora would pay each time. Tests call ``app`` instead.
     """
     try:
-        app()
+        app(obj={"started": time.monotonic()})  # rnnlm train's --max-time budget counts from here
     except SystemExit as stop:
         _exit(stop.code)
     _exit(0)

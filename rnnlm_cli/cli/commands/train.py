@@ -29,6 +29,7 @@ def _option(name: str, help: str, *flags: str, default: Any = None, **kwargs: An
 
 
 def command(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Argument(metavar="DIR", help="Dataset directory written by `rnnlm tokenize`.",
                                            show_default=False)],
     out: Annotated[Optional[str], typer.Option(
@@ -111,9 +112,9 @@ def command(
         "device", "Where to train: auto picks CUDA, then Apple MPS, then the CPU. Under torchrun each process "
                   "takes the GPU of its LOCAL_RANK.")] = None,
     max_time: Annotated[Optional[float], _option(
-        "max_time", "Time budget in seconds, the final validation and saves included: training stops that "
-                    "much earlier (as long as the last validation took, estimated before the first). Both "
-                    "checkpoints are saved; continue with --resume.",
+        "max_time", "Time budget in seconds for the whole command, start-up and the final validation and saves "
+                    "included: training stops that much earlier (as long as the last validation took, estimated "
+                    "before the first). Both checkpoints are saved; continue with --resume.",
         default="no limit", min=0.001)] = None,
     save_every: Annotated[Optional[str], _option(
         "save_every", "Also save the resumable state (the .last checkpoint) every N steps (500) or minutes "
@@ -190,7 +191,7 @@ def command(
     else:
         config = TrainConfig.from_preset(preset.value if preset else None, dataset=dataset, out=out, force=force,
                                          **overrides)
-    result = train(config, resume=resume, progress=not quiet)
+    result = train(config, resume=resume, progress=not quiet, started=(ctx.obj or {}).get("started"))
     if not main_process:
         return
     if json_output:

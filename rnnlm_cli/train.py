@@ -342,9 +342,9 @@ class _Trainer:
                 state.step += 1
                 state.epoch_steps += 1
                 state.batch += 1
+                state.epoch_tokens += targets.numel() * self.world.size
                 loss_sum, save, self.stopping = self._agree(loss_value * targets.numel(), self._save_due(), deadline)
                 state.epoch_loss_sum += loss_sum
-                state.epoch_tokens += targets.numel() * self.world.size
                 bar.update(1)
                 if state.batch % 10 == 0 or state.batch == len(batches):
                     mean = state.epoch_loss_sum / state.epoch_tokens
@@ -407,7 +407,8 @@ class _Trainer:
         """Seconds that the validation and the saves after a --max-time stop are expected to take, kept free of
         training so that the run ends within its budget: as long as this process's last ones took, or before the
         first, the time this epoch's training speed gives for half as many tokens as the validation text (scoring
-        a token costs 0.35-0.45 of training on it for the PTB presets on a 2-core CPU)."""
+        a token costs 0.35-0.45 of training on it for the PTB presets on a 2-core CPU). The speed counts the steps
+        taken so far in this part of the epoch, the one just taken included, over the time they took."""
         if self.finish_seconds is not None:
             return self.finish_seconds
         trained = (self.state.epoch_tokens - self.epoch_tokens_at_start) / self.world.size

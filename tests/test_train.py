@@ -123,6 +123,30 @@ def test_max_time_leaves_room_for_the_last_validation(cli, word_dataset, tmp_pat
                      result.stderr)
 
 
+def test_max_time_estimates_the_first_validation_from_the_steps_so_far(cli, word_dataset, tmp_path, monkeypatch):
+    """Before the first validation, the time kept for it comes from the training speed so far, over the same steps
+    in time and in tokens: with every step taking 1 s, half the validation text's tokens at 1 s per 8 tokens
+    (batch 2 x bptt 4). Counting a step's time but not its tokens would keep twice that after two steps."""
+    from rnnlm_cli import train as train_module
+
+    clock = _ShiftedClock()
+    clip = train_module._Trainer._clip
+
+    def slow_step(self, parameters):
+        clock.offset += 1.0
+        return clip(self, parameters)
+
+    monkeypatch.setattr(train_module, "time", clock)
+    monkeypatch.setattr(train_module._Trainer, "_clip", slow_step)
+    kept = 0.5 * len(Dataset(word_dataset).ids("valid")) / 8
+    assert kept > 5  # about 10 steps' time
+    # training goes on while the steps so far and the time kept fit the budget: through step 4
+    budget = kept + 3.5
+    summary = cli.json("train", word_dataset, "--out", tmp_path / "m.pt", *TINY_MODEL, "--batch-size", "2",
+                       "--bptt", "4", "--max-time", f"{budget:.3f}")
+    assert summary["stop_reason"] == "max_time" and summary["history"][-1]["step"] == 4
+
+
 def test_max_time_counts_from_the_command_start(cli, word_dataset, tmp_path):
     """The console script hands its start to the train command (as Click's context object), so the budget covers
     the imports too: a budget already spent when training begins stops the run at the first check."""

@@ -13,7 +13,7 @@ inference; only tanh of the g gate is computed as 2 sigmoid(2 z) - 1 (the same v
 
 Each time step is a handful of operations on B x H and B x 4H values, so their number and the memory
 they touch set the speed beside the products: one sigmoid covers all four gates (the g gate's
-pre-activations arrive doubled, which is exact: its rows of the weights are doubled), the sigmoids
+pre-activations arrive doubled, which is exact in floating point), the sigmoids
 overwrite the pre-activations in place, and the backward pass works on one step's gate gradients in a
 buffer that stays in cache, summing them for the bias gradient as it goes.
 """

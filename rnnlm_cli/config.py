@@ -188,7 +188,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16; auto is bf16 on CUDA and on CPUs with AMX / AVX-512 BF16
     seed: int = 1111
     device: str = "auto"  # auto (CUDA, then MPS, then the CPU) | cpu | cuda | cuda:N | mps
-    max_time: float | None = None  # seconds for this process, its last validation and saves included
+    max_time: float | None = None  # seconds from the command's start (train()'s `started`), last validation included
     save_every: str | None = None  # also save the resumable state every N steps ("500") or minutes ("10m")
     valid_every: int = 0  # also validate after steps N, 2N, ... of each epoch; 0: only at each epoch's end
     valid_fraction: float = 0.05  # of training lines held out when the dataset has no valid split

@@ -411,9 +411,7 @@ class _Trainer:
         taken so far in this part of the epoch, the one just taken included, over the time they took."""
         if self.finish_seconds is not None:
             return self.finish_seconds
-        trained = (self.state.epoch_tokens - self.epoch_tokens_at_start) / self.world.size
-        if not trained:
-            return 0.0
+        trained = (self.state.epoch_tokens - self.epoch_tokens_at_start) / self.world.size  # at least this step
         seconds_per_token = (time.monotonic() - self.epoch_started) / trained
         return 0.5 * len(self.valid_ids) * len(self.reversed) / self.world.size * seconds_per_token
 

@@ -4,6 +4,7 @@
     python bench/step_profile.py --preset medium --steps 10
     python bench/step_profile.py --preset small --precision fp32
     python bench/step_profile.py --preset small --loop 60  # also the trainer's own loop on PTB, 60 s
+    python bench/step_profile.py --preset medium --plain 45  # also the plain fp32 loop of train_speed.py, 45 s
 
 Runs the calls `rnnlm train` makes for one step of plain SGD (the model's training forward pass and fused
 loss under the training precision, backward with a sparse embedding gradient, the global gradient norm,
@@ -15,22 +16,29 @@ overhead, so its total is a little higher). Writes nothing; docs/benchmarks.md's
 With ``--loop S`` it also trains the preset on PTB for S seconds through ``rnnlm_cli.train.train`` (the
 loop `rnnlm train` runs, with its data batches, progress bookkeeping and checks) between two timings of the
 bare step, and prints the loop's tokens/s inside the epoch beside the bare step's: what the loop adds.
+With ``--plain S`` it times the plain PyTorch fp32 loop of bench/train_speed.py on PTB for S seconds between
+two timings of the bare step, and prints the bare step's speed as a multiple of it: the most that
+`rnnlm train` could reach against that loop with no start-up, data loading, validation or saving.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, tokenized  # noqa: E402
+from train_speed import plain_loop  # noqa: E402
 
 from rnnlm_cli.config import PRESETS, TrainConfig  # noqa: E402
+from rnnlm_cli.data import Dataset  # noqa: E402
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden  # noqa: E402
 from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_precision  # noqa: E402
 from rnnlm_cli.sgd import PlainSGD  # noqa: E402
@@ -48,6 +56,9 @@ def main() -> None:
     parser.add_argument("--loop", type=float, default=None, metavar="S",
                         help="also train the preset on PTB for S seconds with rnnlm's trainer, between two timings "
                              "of the bare step")
+    parser.add_argument("--plain", type=float, default=None, metavar="S",
+                        help="also time bench/train_speed.py's plain fp32 loop on PTB for S seconds, between two "
+                             "timings of the bare step")
     args = parser.parse_args()
 
     keep_freed_memory()
@@ -77,7 +88,8 @@ def main() -> None:
         loss.item()
         hidden = new_hidden
 
-    def timed_steps() -> None:
+    def timed_steps() -> float:
+        """Tokens per second of the bare step (printed)."""
         for _ in range(5):
             step()
         start = time.perf_counter()
@@ -87,8 +99,20 @@ def main() -> None:
         print(f"preset {args.preset} ({config.layers} x {config.hidden_size} {config.cell}, batch {batch}, "
               f"bptt {bptt}), {precision}, {torch.get_num_threads()} threads: {seconds * 1e3:.1f} ms per bare step, "
               f"{batch * bptt / seconds:,.0f} tokens/s", flush=True)
+        return batch * bptt / seconds
 
-    timed_steps()
+    before = timed_steps()
+    if args.plain:
+        dataset = Dataset(tokenized(SHARED_DATA / "ptb", "ptb-data"))
+        # in a fresh process, as bench/train_speed.py runs it: without the allocator setting made above
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            plain = pool.apply(plain_loop, (np.asarray(dataset.ids("train")), preset, dataset.tokenizer.vocab_size,
+                                            args.plain))
+        print(f"plain fp32 loop of bench/train_speed.py on PTB, {args.plain:g} s: {plain:,.0f} tokens/s "
+              f"({batch * bptt / plain * 1e3:.1f} ms per step)", flush=True)
+        after = timed_steps()
+        print(f"bare step against the plain loop: {before / plain:.2f}x before it, {after / plain:.2f}x after it",
+              flush=True)
     if args.loop:
         data = tokenized(SHARED_DATA / "ptb", "ptb-data")
         with tempfile.TemporaryDirectory() as scratch:

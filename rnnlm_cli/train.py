@@ -278,8 +278,13 @@ class _Trainer:
         if stop_reason == "early_stop":
             log.info("early stop: no improvement in validation for %d epochs", state.bad_epochs)
         elif stop_reason == "max_time":
-            log.info("stopped at the --max-time budget (allowing %.1f s of it for validating and saving); continue "
-                     "with --resume %s", self.kept_for_finish, self.out)
+            over = time.monotonic() - self.started - config.max_time
+            if over > max(0.5, 0.05 * config.max_time):  # a budget shorter than one step, validation and saves
+                log.warning("stopped %.1f s past the --max-time budget of %g s (validating and saving took %.1f s); "
+                            "continue with --resume %s", over, config.max_time, self.finish_seconds, self.out)
+            else:
+                log.info("stopped at the --max-time budget (allowing %.1f s of it for validating and saving); "
+                         "continue with --resume %s", self.kept_for_finish, self.out)
         best = state.best_valid_loss
         return TrainResult(
             checkpoint=str(self.out),

@@ -160,6 +160,8 @@ def test_max_time_counts_from_the_command_start(cli, word_dataset, tmp_path):
     assert summary["stop_reason"] == "max_time" and summary["epochs"] == 0
     assert summary["history"][-1]["step"] == 1  # one step, then the check found the budget spent
     assert summary["process_seconds"] >= 100
+    assert re.search(r"stopped 1\d\.\d s past the --max-time budget of 90 s \(validating and saving took \d+\.\d s\)",
+                     result.stderr)  # 10 s over, and a little more
     from_the_call = cli.json("train", word_dataset, "--out", tmp_path / "n.pt", *TINY_MODEL, "--epochs", "3",
                              "--max-time", "90")  # the same budget counted from the call itself: it is enough
     assert from_the_call["stop_reason"] == "completed" and from_the_call["process_seconds"] < 90

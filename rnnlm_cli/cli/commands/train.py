@@ -114,7 +114,8 @@ def command(
     max_time: Annotated[Optional[float], _option(
         "max_time", "Time budget in seconds for the whole command, start-up and the final validation and saves "
                     "included: training stops that much earlier (as long as the last validation took, estimated "
-                    "before the first). Both checkpoints are saved; continue with --resume.",
+                    "before the first). Both checkpoints are saved; continue with --resume. At least one step is "
+                    "trained: a budget shorter than a step and a validation is overrun, with a warning.",
         default="no limit", min=0.001)] = None,
     save_every: Annotated[Optional[str], _option(
         "save_every", "Also save the resumable state (the .last checkpoint) every N steps (500) or minutes "

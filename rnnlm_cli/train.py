@@ -353,10 +353,8 @@ class _Trainer:
                 bar.update(1)
                 if state.batch % 10 == 0 or state.batch == len(batches):
                     mean = state.epoch_loss_sum / state.epoch_tokens
-                    speed = (state.epoch_tokens - self.epoch_tokens_at_start) / max(
-                        time.monotonic() - self.epoch_started, 1e-9)
                     bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
-                                    tok_s=f"{speed:,.0f}", lr=f"{state.lr:.3g}", refresh=False)
+                                    tok_s=f"{self._epoch_speed():,.0f}", lr=f"{state.lr:.3g}", refresh=False)
                 if save:
                     self._save_state()
                 if self.stopping:
@@ -412,13 +410,17 @@ class _Trainer:
         """Seconds that the validation and the saves after a --max-time stop are expected to take, kept free of
         training so that the run ends within its budget: as long as this process's last ones took, or before the
         first, the time this epoch's training speed gives for half as many tokens as the validation text (scoring
-        a token costs 0.35-0.45 of training on it for the PTB presets on a 2-core CPU). The speed counts the steps
-        taken so far in this part of the epoch, the one just taken included, over the time they took."""
+        a token costs 0.35-0.45 of training on it for the PTB presets on a 2-core CPU). Every process scores its
+        share of the validation text, as it trains its share of each batch."""
         if self.finish_seconds is not None:
             return self.finish_seconds
-        trained = (self.state.epoch_tokens - self.epoch_tokens_at_start) / self.world.size  # at least this step
-        seconds_per_token = (time.monotonic() - self.epoch_started) / trained
-        return 0.5 * len(self.valid_ids) * len(self.reversed) / self.world.size * seconds_per_token
+        return 0.5 * len(self.valid_ids) * len(self.reversed) / self._epoch_speed()
+
+    def _epoch_speed(self) -> float:
+        """Training tokens per second, over all processes, in this part of the epoch: the steps taken so far, the
+        one just taken included (its tokens are counted before the per-step check), over the time they took."""
+        trained = self.state.epoch_tokens - self.epoch_tokens_at_start
+        return trained / max(time.monotonic() - self.epoch_started, 1e-9)
 
     def _save_state(self) -> Path:
         """Write the resumable state (the .last checkpoint) as training stands now; its path.

@@ -35,7 +35,7 @@ TEMPLATES = (
         "{a} gave the {thing} to {b} .",
         "Where did {a} put the {thing} ?",
         "{a} came into the {place} . {a} said hi to {b} .",
-        "{a} found a {adjective} {thing} near the {place} .",
+        "{a} found {article} {adjective} {thing} near the {place} .",
     ],
     [
         "{a}は{place}で{food}を食べました。",
@@ -54,6 +54,7 @@ def sentence(rng: random.Random, language: int) -> str:
     """One sentence; language 0 is English, 1 is Japanese."""
     a, b = (person[language] for person in rng.sample(PEOPLE, 2))
     words = {slot: rng.choice(options)[language] for slot, options in SLOTS.items()}
+    words["article"] = "an" if words["adjective"][0] in "aeiou" else "a"  # an old key; drawn from nothing random
     return rng.choice(TEMPLATES[language]).format(a=a, b=b, **words)
 
 

@@ -13,13 +13,14 @@ import os
 import pickle
 import platform
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rnnlm_cli import __version__
+from rnnlm_cli.config import TrainConfig
 from rnnlm_cli.errors import CheckpointError, RnnlmError
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel
 from rnnlm_cli.tokenizers import Tokenizer, tokenizer_from_dict
@@ -256,9 +257,25 @@ class CheckpointInfo:
     data: dict[str, Any]
     versions: dict[str, str]
     gradients: dict[str, list] | None = None  # --log-gradients: "step" and "norm" of every step
+    # training settings that differ from their preset's value (or the default without a preset): the options given
+    overrides: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @property
+    def stopped_within_epoch(self) -> float | None:
+        """The share of epoch ``epochs_trained + 1`` trained when the run stopped inside it (--max-time, Ctrl-C)."""
+        last = self.history[-1] if self.history else None
+        if last is None or last.get("complete", True) or last["epoch"] != self.epochs_trained + 1:
+            return None
+        return last.get("epoch_fraction")
+
+    @property
+    def best_record(self) -> dict[str, Any] | None:
+        """The validation record that gave the best model."""
+        scored = [record for record in self.history if math.isfinite(record.get("valid_loss", math.inf))]
+        return min(scored, key=lambda record: record["valid_loss"]) if scored else None
 
 
 def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
@@ -286,7 +303,24 @@ def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
         versions=checkpoint.versions,
         gradients={key: values.tolist() for key, values in train["gradients"].items()} if "gradients" in train
         else None,
+        overrides=_overrides(dict(train.get("config") or {})),
     )
+
+
+def _overrides(settings: dict[str, Any]) -> list[str]:
+    """The settings of a run that its preset (or, without one, the defaults) would have set otherwise."""
+    if not settings:
+        return []
+    preset = settings.get("preset")
+    try:
+        plain = TrainConfig.from_preset(preset, dataset="", out="")
+        # without --lr, the learning rate is the chosen optimizer's default
+        chosen = TrainConfig.from_preset(preset, dataset="", out="", optimizer=settings.get("optimizer", plain.optimizer))
+    except (RnnlmError, TypeError):  # a preset or setting this version no longer knows
+        return []
+    baseline = {**asdict(plain), "lr": chosen.lr}
+    return [name for name, value in settings.items()
+            if name in baseline and name not in ("dataset", "out", "preset") and value != baseline[name]]
 
 
 def _exp(loss: float | None) -> float | None:

@@ -106,6 +106,11 @@ def parse_cutoffs(text: str) -> list[int]:
                           ) from None
 
 
+def _threads(value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"--threads must be at least 1, not {value}")
+
+
 def _device(value: str) -> None:
     if value not in DEVICES and not value.startswith("cuda:"):
         raise ConfigError(f"unknown device {value!r}; choose one of {', '.join(DEVICES)} (or cuda:N)")
@@ -195,6 +200,7 @@ class TrainConfig:
     preset: str | None = None  # the recipe the settings started from (see PRESETS)
     force: bool = False  # a new run may replace an existing checkpoint at ``out``
     log_gradients: bool = False  # record every step's gradient norm and, per validation, a hidden-state probe
+    threads: int | None = None  # CPU threads; None: by the model's size and the other processes' load
 
     def __post_init__(self) -> None:
         check_architecture(self.architecture())
@@ -220,6 +226,7 @@ class TrainConfig:
             save_interval(self.save_every)
         if not 0 < self.valid_fraction < 1:
             raise ConfigError("valid_fraction must be between 0 and 1")
+        _threads(self.threads)
 
     @classmethod
     def from_preset(cls, preset: str | None, **settings: Any) -> TrainConfig:
@@ -244,8 +251,10 @@ class EvalConfig:
     precision: str = "fp32"  # fp32 (exact) | bf16 (faster matrix products, about 3 significant digits)
     device: str = "auto"
     encoding_errors: str = "strict"  # strict: invalid UTF-8 is an error naming the line; replace: U+FFFD
+    threads: int | None = None  # CPU threads; None: by the model's size and the other processes' load
 
     def __post_init__(self) -> None:
+        _threads(self.threads)
         _choice(self.context, CONTEXTS, "context mode")
         _choice(self.encoding_errors, ENCODING_ERRORS, "--encoding-errors mode")
         _choice(self.precision, EVAL_PRECISIONS, "precision")
@@ -269,12 +278,14 @@ class SampleConfig:
     top_p: float = 1.0  # sample among the fewest most likely tokens whose probabilities reach top_p (nucleus)
     greedy: bool = False  # always the most likely token: the same as temperature 0 or top_k 1
     beam_size: int = 0  # > 0: beam search returning the beam_size most probable continuations of each prompt
-    seed: int = 0
+    seed: int | None = None  # None: a fresh one for each call, drawn by the Generator (which reports it)
     device: str = "auto"
     stop_at_eos: bool | None = None  # None: stop at the line end, except for character models
     batch_size: int = 256  # rows (samples or beams) generated together; prompts are never split across batches
+    threads: int | None = None  # CPU threads; None: by the model's size and the other processes' load
 
     def __post_init__(self) -> None:
+        _threads(self.threads)
         _device(self.device)
         if self.num_samples < 1 or self.max_tokens < 1 or self.batch_size < 1:
             raise ConfigError("--num-samples, --max-tokens and --batch-size must be at least 1")
@@ -310,8 +321,10 @@ class FillConfig:
     batch_size: int = 1024  # fillers scored together
     precision: str = "fp32"  # fp32 (exact) | bf16 (faster, about 3 significant digits)
     device: str = "auto"
+    threads: int | None = None  # CPU threads; None: by the model's size and the other processes' load
 
     def __post_init__(self) -> None:
+        _threads(self.threads)
         _choice(self.precision, EVAL_PRECISIONS, "precision")
         _device(self.device)
         if self.top < 1 or self.batch_size < 1:

@@ -32,11 +32,14 @@ from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import EvalConfig
 from rnnlm_cli.errors import ConfigError, InputError
 from rnnlm_cli.model import RNNLanguageModel
-from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_device
+from rnnlm_cli.runtime import autocast, configure_threads, keep_freed_memory, poll_threads, resolve_device
 from rnnlm_cli.textio import STDIN, display_name, iter_lines, read_path_list
 
 log = logging.getLogger(__name__)
 
+# Above this many UTF-8 bytes per whitespace word the text has too few spaces for a word ppl to mean anything
+# (Japanese or Chinese: a "word" is then most of a line); English has about 6, PTB 5.7, a Japanese novel 60-100.
+SPACELESS_BYTES_PER_WORD = 20
 STREAM_CHUNK = 512  # time steps per forward call in stream mode; the state carries between calls
 WINDOW_BATCHES = 8  # line mode reads this many batches at a time to sort by length (the first window is one)
 LOG10 = math.log(10)
@@ -112,6 +115,11 @@ class CorpusScore:
         return _exp_ratio(self.nll, self.words)
 
     @property
+    def spaceless(self) -> bool:
+        """Whether the text has too few spaces for ``word_ppl`` to compare anything (see SPACELESS_BYTES_PER_WORD)."""
+        return self.words > 0 and self.bytes / self.words > SPACELESS_BYTES_PER_WORD
+
+    @property
     def backward_ppl(self) -> float | None:
         return None if self.backward_nll is None else _exp_ratio(self.backward_nll, self.tokens)
 
@@ -138,7 +146,7 @@ class CorpusScore:
 
     def to_dict(self) -> dict[str, Any]:
         values = {
-            "name": self.name,
+            "file": self.name,  # "total" in the row of sums
             "lines": self.lines,
             "tokens": self.tokens,
             "oov": self.oov,
@@ -215,6 +223,9 @@ def evaluate(config: EvalConfig, progress: bool = False) -> EvalResult:
             score.add_line(line)
         result.files.append(score)
         result.total.add(score)
+        if score.spaceless:
+            log.warning("%s has %.0f bytes per space-separated word, so its word ppl treats most of a line as one "
+                        "word; compare models on it by bits/byte", score.name, score.bytes / score.words)
     return result
 
 
@@ -236,6 +247,7 @@ class Scorer:
         self.device = resolve_device(config.device)
         keep_freed_memory()
         self.model, self.tokenizer, _ = load_for_inference(config.checkpoint, self.device)
+        configure_threads(config.threads, self.model.multiply_adds_per_token())
         self.inputs = resolve_inputs(config)
         self.direction = self.model.config.direction
         self.context = config.context
@@ -247,7 +259,8 @@ class Scorer:
         config, tokenizer = self.config, self.tokenizer
         name = display_name(path)
         size = None if path == STDIN else Path(path).stat().st_size
-        bar = tqdm(total=size, desc=name, unit="B", unit_scale=True, leave=False, file=sys.stderr,
+        # the file's own name: a long path would leave the bar no room in an 80-column terminal
+        bar = tqdm(total=size, desc=Path(name).name, unit="B", unit_scale=True, leave=False, file=sys.stderr,
                    disable=None if progress else True)
         numbered = enumerate(iter_lines(path, errors=self.config.encoding_errors), start=1)
         hidden = None  # stream mode: the state carried from one window to the next
@@ -363,6 +376,7 @@ def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int, hi
     pieces = []
     with torch.inference_mode():
         for start in range(0, len(targets), STREAM_CHUNK):
+            poll_threads()
             stop = start + STREAM_CHUNK
             features, hidden = model.features(inputs[None, start:stop], hidden, backward)  # (1, T, H)
             pieces.append(model.token_nll(features[0], targets[start:stop]))
@@ -376,6 +390,7 @@ def _score_lines_batched(
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]), reverse=True)
     results: list[torch.Tensor | None] = [None] * len(lines)
     for first in range(0, len(order), batch_size):
+        poll_threads()
         batch = order[first : first + batch_size]
         lengths = [len(lines[i]) for i in batch]
         width = lengths[0]

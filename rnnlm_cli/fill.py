@@ -25,7 +25,7 @@ from rnnlm_cli.config import FillConfig
 from rnnlm_cli.errors import ConfigError, InputError
 from rnnlm_cli.evaluate import score_lines_backward, score_token_lines
 from rnnlm_cli.model import RNNLanguageModel, select_rows
-from rnnlm_cli.runtime import autocast, resolve_device
+from rnnlm_cli.runtime import autocast, configure_threads, poll_threads, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class BlankFiller:
         self.config = config
         self.device = resolve_device(config.device)
         self.model, self.tokenizer, _ = load_for_inference(config.checkpoint, self.device)
+        configure_threads(config.threads, self.model.multiply_adds_per_token())
         if config.candidates is None and self.tokenizer.kind != "word":
             raise ConfigError(f"a {self.tokenizer.kind} model ranks whole strings only: give --candidates a,b,c")
         self._warned_context = False
@@ -135,6 +136,7 @@ def _vocabulary_scores(model: RNNLanguageModel, eos: int, left_ids: list[int], r
     right_targets = torch.tensor([*right_ids, eos], device=device)  # (R + 1,)
     pieces = []
     for start in range(0, len(fillers), batch_size):
+        poll_threads()
         chunk = torch.tensor(fillers[start : start + batch_size], device=device)  # (C,)
         rows = len(chunk)
         # each row reads its filler, then the right context, from the state after the left context

@@ -2,13 +2,15 @@
 
 Every sample of a call runs in one batch (up to ``SampleConfig.batch_size`` rows): the prompts are read
 together, packed, and then all rows advance one token per model call. Randomness comes from an explicit
-``torch.Generator`` seeded from the config, so the same seed and arguments give the same text.
+``torch.Generator`` seeded from the config, so the same seed and arguments give the same text; without a seed,
+one is drawn for the call and kept in ``Generator.seed``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -21,7 +23,7 @@ from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import SampleConfig
 from rnnlm_cli.errors import InputError
 from rnnlm_cli.model import Hidden, RNNLanguageModel, select_rows
-from rnnlm_cli.runtime import resolve_device
+from rnnlm_cli.runtime import configure_threads, poll_threads, resolve_device
 from rnnlm_cli.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class Sample:
 class SampleResult:
     samples: list[Sample]
     tokenizer_kind: str
+    seed: int  # of the random numbers: the one given, or the one drawn for this call
 
     @property
     def multiline(self) -> bool:
@@ -64,12 +67,15 @@ class Generator:
         self.config = config
         self.device = resolve_device(config.device)
         self.model, self.tokenizer, _ = load_for_inference(config.checkpoint, self.device)
+        configure_threads(config.threads, self.model.multiply_adds_per_token())
         if self.model.config.direction == "backward":
             raise InputError(f"{config.checkpoint}: a backward model reads right to left and cannot continue a "
                              "prompt; sample from a forward or a bidirectional (--direction both) model")
         default_stop = self.tokenizer.kind != "char"  # a character model's <eos> is just a line break
         self.stop_at_eos = default_stop if config.stop_at_eos is None else config.stop_at_eos
-        self.random = torch.Generator(device=self.device).manual_seed(config.seed)
+        # without a seed each call samples anew; the seed drawn is kept, so that the call can be repeated
+        self.seed = secrets.randbelow(2**31) if config.seed is None else config.seed
+        self.random = torch.Generator(device=self.device).manual_seed(self.seed)
         self._warned_oov = False
 
     @property
@@ -121,7 +127,7 @@ class Generator:
 def sample(config: SampleConfig) -> SampleResult:
     """``num_samples`` continuations (or ``beam_size`` best ones) of every prompt, prompts in order."""
     generator = Generator(config)
-    return SampleResult(list(generator.samples(config.prompts)), generator.tokenizer.kind)
+    return SampleResult(list(generator.samples(config.prompts)), generator.tokenizer.kind, generator.seed)
 
 
 def sample_text(tokenizer: Tokenizer, prompt: str, prompt_ids: list[int], new_ids: list[int]) -> str:
@@ -218,6 +224,7 @@ def _sample(model: RNNLanguageModel, eos_id: int, logits: torch.Tensor, hidden: 
             watcher(histories, finished.tolist(), step == config.max_tokens - 1 or all_done)
         if all_done:
             break
+        poll_threads()
         output, hidden = model(token[:, None], hidden)
         logits = output[:, -1]
     return [(ids, float(lp)) for ids, lp in zip(histories, logprobs.tolist())]
@@ -271,6 +278,7 @@ def _beam_search(model: RNNLanguageModel, eos_id: int, logits: torch.Tensor, hid
         if all(done):
             break
         rows = (torch.arange(prompts)[:, None] * beam + sources).view(-1).to(device)
+        poll_threads()
         output, hidden = model(tokens.view(-1, 1).to(device), select_rows(hidden, rows))
         logits = output[:, -1]
     results = []

@@ -264,6 +264,12 @@ class RNNLanguageModel(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are one parameter
 
+    def multiply_adds_per_token(self) -> int:
+        """Roughly the multiply-adds of one token's forward pass: each weight but the embedding's is used once
+        (a tied output matrix included), which is what decides whether a second CPU thread pays."""
+        return sum(p.numel() for name, p in self.named_parameters(remove_duplicate=False)
+                   if not name.startswith("embedding."))
+
     def _embed(self, ids: Tensor) -> Tensor:
         p = self.config.word_dropout
         if not self.training or p == 0:

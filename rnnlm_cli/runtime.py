@@ -1,13 +1,19 @@
-"""Where and how the tensors run: device choice and seeding."""
+"""Where and how the tensors run: device choice, seeding and the CPU threads."""
 
 from __future__ import annotations
 
+import logging
+import os
 import random
+import time
+from collections.abc import Callable
 
 import torch
 
 from rnnlm_cli.config import DEVICES
 from rnnlm_cli.errors import ConfigError, RnnlmError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,3 +96,104 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 1 << 30)  # large blocks come from the heap, not fresh mmaps
     libc.mallopt(m_trim_threshold, 2**31 - 1)  # and the heap's free top is not trimmed
+
+
+# Below this many multiply-adds per token, a second intra-op thread bought nothing measurable on 2 cores
+# (1 x 32 GRU, 600 tokens: 0.89-1.23x in alternated runs; 1 x 64 LSTM: 1.08-1.38x), so such models keep to one
+# thread and leave the other core free (docs/benchmarks.md, "Sharing the CPU").
+ONE_THREAD_MULTIPLY_ADDS = 50_000
+# How often the thread count is reconsidered; reading /proc/stat takes about 30 us.
+THREADS_INTERVAL = 0.5
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds spent busy on this process's CPUs by anyone, CPU seconds of this process), or None where
+    /proc/stat cannot be read. Both only grow; their changes over an interval are what counts."""
+    try:
+        allowed = {f"cpu{index}" for index in os.sched_getaffinity(0)}
+        busy_ticks = 0
+        with open("/proc/stat", encoding="ascii") as stat:
+            for line in stat:
+                name, *fields = line.split()
+                if name in allowed:
+                    # user nice system idle iowait irq softirq steal: all but idle and iowait were taken by someone
+                    ticks = [int(value) for value in fields[:8]]
+                    busy_ticks += sum(ticks) - ticks[3] - ticks[4]
+        own = os.times()
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return busy_ticks / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+class ThreadShare:
+    """Torch's intra-op threads: ``limit`` while this process has the CPUs to itself, fewer while others are busy.
+
+    Torch's OpenMP threads spin-wait for each other at the end of every parallel region. With another busy process
+    on the same cores, each region waits for a thread that is not running: on 2 cores two trainings at 2 threads
+    each ran at 5-8% of their speed alone, and at 1 thread each at 56-65% (docs/benchmarks.md). So every
+    ``interval`` seconds ``poll`` looks at how many cores the rest of the machine kept busy and leaves them to it.
+    """
+
+    def __init__(self, limit: int, cpus: int | None = None, interval: float = THREADS_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic,
+                 sample: Callable[[], tuple[float, float] | None] = cpu_seconds) -> None:
+        self.limit = limit
+        self.cpus = cpu_count() if cpus is None else cpus
+        self.interval, self.clock, self.sample = interval, clock, sample
+        self.threads = limit
+        torch.set_num_threads(limit)
+        self.last = self._reading()
+        self.next_check = self.clock() + interval
+
+    def _reading(self) -> tuple[float, float, float] | None:
+        sample = self.sample()
+        return None if sample is None else (self.clock(), *sample)
+
+    def poll(self) -> None:
+        """Cheap between checks: call it once per step."""
+        if self.last is None or self.limit == 1 or self.clock() < self.next_check:
+            return
+        now = self._reading()
+        if now is None:
+            self.last = None
+            return
+        seconds = now[0] - self.last[0]
+        others = max(0.0, (now[1] - self.last[1]) - (now[2] - self.last[2])) / max(seconds, 1e-9)  # cores
+        self.last, self.next_check = now, now[0] + self.interval
+        # a core counts as taken once others keep it more than half busy
+        threads = max(1, min(self.limit, int(self.cpus - others + 0.5)))
+        if threads != self.threads:
+            log.debug("other processes keep %.2f cores busy: %d -> %d threads", others, self.threads, threads)
+            self.threads = threads
+            torch.set_num_threads(threads)
+
+
+_share: ThreadShare | None = None
+
+
+def configure_threads(requested: int | None, multiply_adds_per_token: int) -> int:
+    """Set the intra-op threads for a job whose model does ``multiply_adds_per_token``: ``requested`` (--threads)
+    exactly; else as OMP_NUM_THREADS says, if set; else one for a model too small to gain from more, or all the
+    CPUs while no other process keeps them busy (``poll_threads`` follows that). Returns the threads now."""
+    global _share
+    _share = None
+    if requested is not None:
+        torch.set_num_threads(requested)
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        limit = 1 if multiply_adds_per_token < ONE_THREAD_MULTIPLY_ADDS else cpu_count()
+        _share = ThreadShare(limit)
+    return torch.get_num_threads()
+
+
+def poll_threads() -> None:
+    """Let the thread count follow the other processes' load (see ``ThreadShare``); call it once per step."""
+    if _share is not None:
+        _share.poll()

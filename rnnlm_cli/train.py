@@ -54,7 +54,8 @@ from rnnlm_cli.data import BPTTBatches, Dataset, line_ends, stream_share
 from rnnlm_cli.errors import CheckpointError, ConfigError, DatasetError, TrainingError, TrainingInterrupted
 from rnnlm_cli.evaluate import score_lines_backward, score_stream
 from rnnlm_cli.model import Hidden, ModelConfig, RNNLanguageModel, detach_hidden
-from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, seed_everything
+from rnnlm_cli.runtime import (autocast, configure_threads, keep_freed_memory, poll_threads, resolve_device,
+                               resolve_precision, seed_everything)
 from rnnlm_cli.sgd import PlainSGD
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ PROBE_ROWS = 4
 FIXED_ON_RESUME = ("cell", "emb_size", "hidden_size", "layers", "tie_weights", "init_range", "init_recurrent",
                    "softmax", "cutoffs", "direction", "optimizer")
 # settings of one invocation, not of the run: a resumed run starts from their defaults
-PER_INVOCATION = ("max_time", "device", "force")
+PER_INVOCATION = ("max_time", "device", "force", "threads")
 
 
 @dataclass
@@ -191,6 +192,7 @@ class _Trainer:
         train_ids, self.valid_ids, self.validation_source = _training_and_validation(
             self.dataset, config.valid_fraction)
         self.model = RNNLanguageModel(ModelConfig(self.tokenizer.vocab_size, **config.architecture())).to(self.device)
+        threads = configure_threads(config.threads, self.model.multiply_adds_per_token())
         # one entry per direction trained: reversed (right to left) or not; reversal is a view, never a copy
         self.reversed = self.model.config.readings()
         self.streams = [BPTTBatches(train_ids[::-1] if backward else train_ids, config.batch_size, config.bptt,
@@ -215,6 +217,7 @@ class _Trainer:
         self.save_steps, self.save_seconds = save_interval(config.save_every) if config.save_every else (None, None)
         self.last_saved = time.monotonic()
         self.stop = _StopSignals()  # replaced by the active one in run()
+        self.epoch_lines = False  # whether this process has logged an epoch line (under their header) yet
         if resume is not None:
             self._restore(resume_path(resume))
             log.info("resuming %s at epoch %d, step %d", resume, self.state.epoch + 1, self.state.step)
@@ -230,10 +233,10 @@ class _Trainer:
                 find_unused_parameters=self.model.config.softmax == "adaptive")
         self.data_record = {"dataset": str(Path(config.dataset).resolve()), "splits": self.dataset.fingerprints(),
                             "validation": self.validation_source}
-        log.info("training %s on %s in %s (%s); %d batches of %d x %d tokens per epoch%s",
-                 _describe(self.model), self.device, self.precision,
-                 f"preset {config.preset}" if config.preset else "no preset", len(self.batches),
-                 config.batch_size, config.bptt,
+        log.info("training %s (%s)", _describe(self.model), f"preset {config.preset}" if config.preset else "no preset")
+        log.info("on %s in %s%s; %s batches of %d x %d tokens per epoch%s", self.device, self.precision,
+                 f", {threads} thread{'s' if threads > 1 else ''}" if self.device.type == "cpu" else "",
+                 f"{len(self.batches):,}", config.batch_size, config.bptt,
                  f", on {self.world.size} processes with {self.batches.batch_size} streams each"
                  if self.world.active else "")
 
@@ -267,6 +270,9 @@ class _Trainer:
                 save_checkpoint(self._checkpoint(with_state=False), self.out)
             self._save_state()
             self.finish_seconds = time.monotonic() - finishing
+            if not self.epoch_lines:
+                log.info(EPOCH_HEADER)
+                self.epoch_lines = True
             log.info(_epoch_line(record, config.epochs, improved, self._elapsed()))
             if state.epoch < config.epochs:
                 _, _, signum = self._agree(0.0, False, deadline)
@@ -311,12 +317,15 @@ class _Trainer:
         self.hiddens = [model.init_hidden(batches.batch_size, self.device) if hidden is None else hidden
                         for hidden in self.hiddens]
         parameters = [p for p in model.parameters() if p.requires_grad]
+        # compact, so that loss, ppl and tok/s stay in view at 80 columns (the rate and lr are in the epoch lines)
         bar = tqdm(total=len(batches), initial=state.batch, desc=f"epoch {state.epoch + 1}/{config.epochs}",
                    unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True,
+                   bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {elapsed}<{remaining}{postfix}",
                    disable=None if self.progress else True)
         self.epoch_started, self.epoch_tokens_at_start = time.monotonic(), state.epoch_tokens
         try:
             while state.batch < len(batches):
+                poll_threads()
                 if config.schedule == "cosine":
                     self._set_lr(_cosine_lr(config, state.step, len(batches) * config.epochs))
                 windows = [[t.to(self.device, non_blocking=True) for t in stream[state.batch]]
@@ -353,8 +362,8 @@ class _Trainer:
                 bar.update(1)
                 if state.batch % 10 == 0 or state.batch == len(batches):
                     mean = state.epoch_loss_sum / state.epoch_tokens
-                    bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
-                                    tok_s=f"{self._epoch_speed():,.0f}", lr=f"{state.lr:.3g}", refresh=False)
+                    bar.set_postfix_str(f"loss {mean:.3f} ppl {_ppl(math.exp(min(mean, 700)))} "
+                                        f"{self._epoch_speed():,.0f} tok/s", refresh=False)
                 if save:
                     self._save_state()
                 if self.stopping:
@@ -782,15 +791,15 @@ def _describe(model: RNNLanguageModel) -> str:
             f"with {model.parameter_count():,} parameters{softmax}")
 
 
+# one line per validation under this header, in columns that fit an 80-column terminal; * marks a new best
+EPOCH_HEADER = f"{'epoch':<13}{'train ppl':>10}{'valid ppl':>11}  {'lr':>8}{'clipped':>8}{'tok/s':>9}{'elapsed':>9}"
+
+
 def _epoch_line(record: dict[str, Any], epochs: int, improved: bool, elapsed: float) -> str:
     minutes, seconds = divmod(int(elapsed), 60)
-    mark = " *" if improved else ""
-    return (
-        f"epoch {epoch_label(record, epochs)} | train ppl {_ppl(record['train_ppl'])} | "
-        f"valid ppl {_ppl(record['valid_ppl'])}{mark} | lr {record['lr']:.4g} | "
-        f"clipped {100 * record['clipped_fraction']:.0f}% | {record['tokens_per_second']:,.0f} tok/s | "
-        f"{minutes}m{seconds:02d}s"
-    )
+    return (f"{epoch_label(record, epochs):<13}{_ppl(record['train_ppl']):>10}{_ppl(record['valid_ppl']):>11}"
+            f"{' *' if improved else '  '}{record['lr']:>8.4g}{100 * record['clipped_fraction']:>7.0f}%"
+            f"{record['tokens_per_second']:>9,.0f}{f'{minutes}m{seconds:02d}s':>9}")
 
 
 def _ppl(value: float) -> str:

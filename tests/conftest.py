@@ -38,8 +38,8 @@ class Cli:
     def __init__(self) -> None:
         self.runner = CliRunner()
 
-    def __call__(self, *args: str, input: str | None = None, expect: int | None = 0):
-        result = self.runner.invoke(app, [str(a) for a in args], input=input)
+    def __call__(self, *args: str, input: str | None = None, expect: int | None = 0, **invoke):
+        result = self.runner.invoke(app, [str(a) for a in args], input=input, **invoke)
         if expect is not None and result.exit_code != expect:
             raise AssertionError(
                 f"rnnlm {' '.join(map(str, args))} exited {result.exit_code}, expected {expect}\n"

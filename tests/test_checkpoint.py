@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import pickle
+import re
 
 import pytest
 import torch
@@ -53,6 +54,14 @@ def test_info(cli, word_model, corpus):
     assert info["data"]["splits"]["train"]["sha256"] == hashlib.sha256(corpus["train"].read_bytes()).hexdigest()
     table = cli("info", word_model)
     assert "parameters" in table.stdout and f"{info['parameters']:,}" in table.stdout and table.stderr == ""
+    # the settings given (conftest's TINY_MODEL and the fixture's Adam) are marked; values read as words
+    assert set(info["overrides"]) == {"layers", "emb_size", "hidden_size", "bptt", "batch_size", "epochs",
+                                      "optimizer", "lr"}
+    rows = {cells[0]: cells[1:] for cells in (re.split(r" {2,}", line.strip()) for line in table.stdout.splitlines())}
+    assert rows["lr"] == ["0.01 *"] and rows["optimizer"] == ["adam *"] and rows["dropout"] == ["0.2"]
+    assert rows["variational"] == ["no"] and rows["dropout_input"] == ["= dropout"] and rows["epochs trained"] == ["2"]
+    assert not re.search(r"\b(None|False|True)\b", table.stdout)
+    assert "━ train, ╍ validation" in table.stdout  # the curve's two bars differ in shape, not just in colour
 
 
 def test_tied_weights_count_once(cli, word_dataset, tmp_path):

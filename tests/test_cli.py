@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +17,15 @@ COMMANDS = ["tokenize", "train", "eval", "sample", "fill", "info", "demo"]
 
 
 def test_help_lists_every_command_with_a_summary(cli):
-    result = cli("--help")
+    result = cli("--help", env={"COLUMNS": "80"})
     assert result.stderr == ""
     registered = [command.name for command in app.registered_commands]
     assert registered == COMMANDS
-    listing = result.stdout.split("Commands", 1)[1]
+    listing = result.stdout.split("Commands:", 1)[1]
     for name in COMMANDS:
-        line = next(line for line in listing.splitlines() if line.startswith(f"│ {name} "))
-        assert len(line.split(name, 1)[1].strip(" │")) > 10, line
+        line = next(line for line in listing.splitlines() if line.startswith(f"  {name} "))
+        summary = line.split(name, 1)[1].strip()
+        assert len(summary) > 20 and not summary.endswith("..."), line  # whole, not cut to the width
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -32,6 +34,63 @@ def test_every_command_has_help_with_an_example(cli, name):
     assert "Example" in result.stdout and f"rnnlm {name}" in result.stdout
     command = next(c for c in app.registered_commands if c.name == name)
     assert command.callback.__doc__ and len(command.callback.__doc__.strip()) > 40
+
+
+@pytest.mark.parametrize("name", [None, *COMMANDS])
+def test_help_reads_whole_at_80_columns(cli, name):
+    """No line wider than the terminal, no type tags, every option name and choice whole at the start of its row,
+    every example line as written."""
+    import typer
+
+    command = typer.main.get_command(app)
+    if name is not None:
+        command = command.commands[name]
+    text = cli(*([name] if name else []), "--help", env={"COLUMNS": "80"}).stdout
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert not re.search(r"<(str|bool|int|float|list|path)|\{[A-Z]+\}", text)
+    assert not re.search(r"-\n", text)  # nothing broken at a hyphen
+    rows = text.split("\nOptions:\n", 1)[1].splitlines()
+    for param in command.params:
+        if param.param_type_name != "option" or param.hidden:
+            continue
+        long_name = max(param.opts, key=len)
+        row = next((line for line in rows if re.match(rf"  (-\w, )?{re.escape(long_name)}\b", line)), None)
+        assert row is not None, f"no row starts with {param.opts}"
+        if param.metavar and not getattr(param, "is_flag", False):
+            assert f"{long_name} {param.metavar}" in row  # choices as a|b|c, unbroken
+    docstring = (command.callback.__wrapped__ if name else app.info).__doc__ if name else app.info.help
+    examples = [line.strip() for line in docstring.splitlines() if line.strip().startswith(("rnnlm ", "torchrun "))]
+    for example in examples:
+        assert f"    {example}" in text  # indented under Examples, never re-wrapped
+
+
+def test_debug_works_after_the_command_name_too(cli, word_model, monkeypatch):
+    import rnnlm_cli.evaluate
+
+    def explode(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(rnnlm_cli.evaluate, "evaluate", explode)
+    result = cli("eval", word_model, "-", "--debug", input="a\n", expect=1)
+    assert "Traceback" in result.stderr and "ValueError: boom" in result.stderr
+
+
+def test_shell_completion_completes_options_and_choices(cli):
+    assert "--install-completion" in cli("--help").stdout
+    result = cli(env={"_RNNLM_COMPLETE": "complete_bash", "COMP_WORDS": "rnnlm train --preset medium",
+                      "COMP_CWORD": "3"}, prog_name="rnnlm")
+    assert result.stdout.split() == ["medium", "medium-tied"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["info", "{model}"], ["info", "{model}", "--json"]])
+def test_output_into_a_closed_pipe_ends_with_0(args, word_model):
+    """As with `| head`: the reader is gone before anything is written."""
+    command = [sys.executable, "-m", "rnnlm_cli", *[arg.format(model=word_model) for arg in args]]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    assert process.wait(timeout=60) == 0
+    assert process.stderr.read() == b""
 
 
 def test_version(cli):
@@ -108,7 +167,7 @@ def test_unexpected_errors_are_one_line_unless_debug(cli, word_model, monkeypatc
 
 def test_broken_pipe_ends_quietly(word_model):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = f"{sys.executable} -m rnnlm_cli sample {word_model} -n 3000 --max-tokens 5 | head -n 1"
+    command = f"{sys.executable} -m rnnlm_cli sample {word_model} -n 3000 --max-tokens 5 --seed 1 | head -n 1"
     result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, env=env)
     assert len(result.stdout.splitlines()) == 1
     assert result.stderr == ""
@@ -134,7 +193,12 @@ def test_demo_runs_end_to_end(cli, tmp_path):
     for prompt, pair in zip(["Tom", "On Sunday ,", "太郎は", "日曜日に"], (samples[i:i + 2] for i in range(0, 8, 2))):
         assert all(line.startswith(prompt) for line in pair)
     assert (out / "demo.pt").exists() and (out / "demo.last.pt").exists() and (out / "demo-data" / "meta.json").exists()
-    assert "test.txt" in result.stderr and "ppl" in result.stderr
+    # each step's summary as soon as it is done: the dataset before training, the scores before the samples
+    log = result.stderr
+    assert log.index("1/4 tokenize") < log.index("unigram tokenizer, 600 tokens") < log.index("2/4 train")
+    assert log.index("3/4 evaluate") < log.index("ppl1") < log.index("4/4 sample")
+    assert "samples: 2 per prompt, temperature 0.8, seed 0" in log and "--resume" not in log
+    assert re.search(r"^5/5 ", log, re.MULTILINE)  # all five epochs, however slow the machine: no time cap
     # the demo corpus comes from a small grammar: a trained model should find it very predictable
     test_text = Path(__file__).resolve().parent.parent / "corpora" / "demo" / "test.txt"
     assert cli.json("eval", out / "demo.pt", test_text)["total"]["ppl"] < 3

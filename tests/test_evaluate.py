@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import select
 import subprocess
 import sys
@@ -154,7 +155,7 @@ def test_stream_and_line_agree_on_a_one_line_file(cli, word_dataset, tmp_path):
 def test_many_files_stdin_and_the_total_row(cli, word_model, corpus, text_file):
     stdin_text = corpus["valid"].read_text(encoding="utf-8")
     document = json.loads(cli("eval", word_model, corpus["test"], "-", text_file, "--json", input=stdin_text).stdout)
-    names = [entry["name"] for entry in document["files"]]
+    names = [entry["file"] for entry in document["files"]]
     assert names == [str(corpus["test"]), "<stdin>", str(text_file)]
     total = document["total"]
     for key in ("lines", "tokens", "oov", "words", "bytes"):
@@ -167,7 +168,12 @@ def test_many_files_stdin_and_the_total_row(cli, word_model, corpus, text_file):
 
     table = cli("eval", word_model, corpus["test"], text_file)
     assert table.stderr == ""
-    assert "total" in table.stdout and "ppl1" in table.stdout and str(text_file) in table.stdout
+    assert "total" in table.stdout and "ppl1" in table.stdout
+    # the table names the files by what tells them apart; the folder they share is in the caption
+    folder = os.path.commonpath([corpus["test"].parent, text_file.parent])
+    assert f"files in {folder};" in table.stdout
+    assert f" {os.path.relpath(text_file, folder)} " in table.stdout
+    assert f" {os.path.relpath(corpus['test'], folder)} " in table.stdout
 
 
 def test_eval_errors(cli, word_model, tmp_path):
@@ -262,13 +268,13 @@ def test_files_from_and_summary_tsv(cli, word_model, corpus, text_file, tmp_path
     direct = cli.json("eval", word_model, corpus["test"], text_file)
     assert from_list["files"] == direct["files"] and from_list["total"] == direct["total"]
     from_stdin = cli.json("eval", word_model, corpus["valid"], "--files-from", "-", input=listing.read_text())
-    assert [f["name"] for f in from_stdin["files"]] == [str(corpus["valid"]), str(corpus["test"]), str(text_file)]
+    assert [f["file"] for f in from_stdin["files"]] == [str(corpus["valid"]), str(corpus["test"]), str(text_file)]
 
     tsv = cli("eval", word_model, "--files-from", listing, "--format", "tsv").stdout.splitlines()
     header = tsv[0].split("\t")
-    assert header[:6] == ["name", "lines", "tokens", "oov", "nll", "ppl"] and len(tsv) == 4
+    assert header[:6] == ["file", "lines", "tokens", "oov", "nll", "ppl"] and len(tsv) == 4
     total = dict(zip(header, tsv[-1].split("\t")))
-    assert total["name"] == "total" and float(total["ppl"]) == pytest.approx(direct["total"]["ppl"], rel=1e-8)
+    assert total["file"] == "total" and float(total["ppl"]) == pytest.approx(direct["total"]["ppl"], rel=1e-8)
 
     missing = tmp_path / "list2.txt"
     missing.write_text(f"{text_file}\n{tmp_path / 'gone.txt'}\n", encoding="utf-8")
@@ -327,3 +333,14 @@ def test_eval_encoding_errors(cli, word_model, tmp_path):
     assert "bad.txt, line 1: not valid UTF-8" in strict.stderr and strict.stdout == ""
     replaced = cli.json("eval", word_model, bad, "--encoding-errors", "replace")["total"]
     assert replaced["lines"] == 2 and replaced["oov"] == 1  # the replaced word is outside the vocabulary
+
+
+def test_word_ppl_of_text_without_spaces_comes_with_a_warning(cli, word_model, corpus, tmp_path):
+    japanese = tmp_path / "ja.txt"
+    japanese.write_text("太郎は公園でりんごを食べました。\n日曜日に花とトムは駅へ行きました。\n", encoding="utf-8")
+    result = cli("eval", word_model, japanese, "--json")
+    total = json.loads(result.stdout)["total"]
+    assert total["words"] == 4  # each line is one "word", plus its end
+    assert f"warning: {japanese} has {total['bytes'] / total['words']:.0f} bytes per space-separated word" in \
+        result.stderr and "bits/byte" in result.stderr
+    assert cli("eval", word_model, corpus["test"], "--json").stderr == ""  # English with Japanese: spaces enough

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 
 import pytest
@@ -26,6 +27,15 @@ def test_samples_are_deterministic_and_alone_on_stdout(cli, word_model):
     assert first.stderr == ""
     lines = first.stdout.splitlines()
     assert len(lines) == 4 and all(len(line.split()) <= 12 for line in lines)
+
+
+def test_without_a_seed_each_call_draws_one_and_says_which(cli, word_model):
+    first = cli("sample", word_model, "-n", "4", "--max-tokens", "12")
+    seed = int(re.fullmatch(r"seed (\d+) \(--seed \1 repeats these samples\)\n", first.stderr).group(1))
+    assert cli("sample", word_model, "-n", "4", "--max-tokens", "12", "--seed", str(seed)).stdout == first.stdout
+    drawn = [json.loads(line)["seed"] for line in cli("sample", word_model, "-n", "2", "--json").stdout.splitlines()]
+    assert len(drawn) == 2 and drawn[0] == drawn[1]  # the call's one seed, in every line
+    assert "seed" not in cli("sample", word_model, "--greedy").stderr  # nothing random to repeat
 
 
 def test_prompts_are_continued(cli, word_model):
@@ -156,7 +166,7 @@ def test_samples_grow_token_by_token_while_generated(word_model):
 
 
 def test_json_lines_with_log_probabilities(cli, word_model, tmp_path):
-    result = cli("sample", word_model, "--prompt", "Mary", "-n", "3", "--json")
+    result = cli("sample", word_model, "--prompt", "Mary", "-n", "3", "--json", "--seed", "0")
     samples = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(samples) == 3
     for item in samples:
@@ -183,7 +193,7 @@ def test_unknown_prompt_words_warn_once(cli, word_model):
 
 
 def test_character_samples_are_separated_by_a_blank_line(cli, char_model):
-    result = cli("sample", char_model, "-n", "3", "--max-tokens", "80", "--prompt", "花は")
+    result = cli("sample", char_model, "-n", "3", "--max-tokens", "80", "--prompt", "花は", "--seed", "0")
     samples = result.stdout.rstrip("\n").split("\n\n")
     assert len(samples) == 3 and all(sample.startswith("花は") for sample in samples)
     assert all(len(sample) == 80 + 2 for sample in samples)  # no stop at the line end for char models

@@ -4,47 +4,110 @@ from __future__ import annotations
 
 import atexit
 import functools
+import inspect
 import os
+import select
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
 from rnnlm_cli import __version__
 from rnnlm_cli.cli.output import print_error
 from rnnlm_cli.errors import RnnlmError
+
+if TYPE_CHECKING:  # Typer carries its own copy of Click
+    from typer import _click as click
+
+try:  # Click wraps help text at hyphens too, which cuts option names (--lr-<newline>decay): at spaces only
+    from typer._click._textwrap import TextWrapper as _HelpWrapper
+
+    _HelpWrapper.wordsep_re = _HelpWrapper.wordsep_simple_re
+except (ImportError, AttributeError):  # another Typer's Click: hyphens may break, nothing worse
+    pass
+
+
+class Command(TyperCommand):
+    """A command whose help reads well in an 80-column terminal: Click's plain layout, which wraps the help beside
+    each option, with a metavar for every value (the option's own, or N, X, TEXT, a|b|c) instead of Typer's
+    ``<str>`` type tags, and usage lines without Typer's ``{ARG}`` braces."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.metavar is None and not getattr(param, "is_flag", False):
+                param.metavar = _metavar(param)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar if param.required else f"[{param.metavar}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append((param.metavar + ("..." if param.nargs != 1 else ""), record[1]))
+            else:
+                options.append(record)
+        for title, records in (("Arguments", arguments), ("Options", options)):
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
+def _metavar(param: click.Parameter) -> str:
+    described = param.type_descriptor  # type: ignore[attr-defined]
+    if described.is_choice:
+        return "|".join(str(getattr(choice, "value", choice)) for choice in described.choices)
+    if param.param_type_name == "argument":
+        return param.name.upper()
+    return {int: "N", float: "X"}.get(described.annotation, "TEXT")
+
 
 app = typer.Typer(
     name="rnnlm",
     help="Recurrent neural network language models: tokenize a corpus, train, evaluate perplexity, sample text, "
     "fill in blanks.\n\n"
     "Typical run (`rnnlm demo` does all of it on a bundled corpus):\n\n"
-    "    rnnlm tokenize train.txt --valid valid.txt --test test.txt --out data/\n"
-    "    rnnlm train data/ --out model.pt\n"
-    "    rnnlm eval model.pt test.txt\n"
-    "    rnnlm sample model.pt --prompt 'the market'\n"
-    "    rnnlm fill model.pt 'the market ___ sharply .'\n\n"
-    "Run `rnnlm COMMAND --help` for a command's options and examples.",
+    "\b\n"
+    "  rnnlm tokenize train.txt --valid valid.txt --test test.txt --out data\n"
+    "  rnnlm train data --out model.pt\n"
+    "  rnnlm eval model.pt test.txt\n"
+    "  rnnlm sample model.pt --prompt 'the market'\n"
+    "  rnnlm fill model.pt 'the market ___ sharply .'\n\n"
+    "Run `rnnlm COMMAND --help` for a command's options and examples. Shell completion: "
+    "`rnnlm --install-completion`.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
 _debug = False
 F = TypeVar("F", bound=Callable[..., Any])
+DEBUG_HELP = "Show the full traceback of an error."
 
 
 def handle_errors(command: F) -> F:
-    """Turn library errors into one line on stderr and an exit code; --debug shows the traceback."""
+    """Turn library errors into one line on stderr and an exit code; --debug (before or after the command's
+    name) shows the traceback."""
 
     @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
+        global _debug
+        _debug = _debug or debug
         try:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort):
@@ -66,6 +129,12 @@ def handle_errors(command: F) -> F:
             print_error(f"{type(error).__name__}: {error} (run `rnnlm --debug ...` for the traceback)")
             raise typer.Exit(1) from None
 
+    debug_parameter = inspect.Parameter(
+        "debug", inspect.Parameter.KEYWORD_ONLY, default=False,
+        annotation=Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)])
+    signature = inspect.signature(command, eval_str=True)
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), debug_parameter])
     return wrapper  # type: ignore[return-value]
 
 
@@ -89,7 +158,7 @@ def main_options(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)] = False,
 ) -> None:
     global _debug
     _debug = debug
@@ -99,7 +168,7 @@ def _register() -> None:
     from rnnlm_cli.cli.commands import demo, evaluate, fill, info, sample, tokenize, train
 
     for module in (tokenize, train, evaluate, sample, fill, info, demo):
-        app.command(module.NAME)(handle_errors(module.command))
+        app.command(module.NAME, cls=Command)(handle_errors(module.command))
 
 
 _register()
@@ -115,8 +184,20 @@ def main() -> None:
     try:
         app(obj={"started": time.monotonic()})  # rnnlm train's --max-time budget counts from here
     except SystemExit as stop:
-        _exit(stop.code)
+        # Click ends help that `| head` cut short with 1 (after swapping in a quiet stdout); for us that is a success
+        broken_pipe = stop.code == 1 and sys.stdout is not sys.__stdout__ and _reader_gone()
+        _exit(0 if broken_pipe else stop.code)
     _exit(0)
+
+
+def _reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end was closed (poll reports an error on the writing end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.__stdout__.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() here, or no stdout at all
+        return False
 
 
 def _exit(code: object) -> NoReturn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from typing import Any
 
@@ -12,10 +13,16 @@ from rich.console import Console
 from tqdm import tqdm
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would exit with 1; the command's error handling ends a closed pipe (`| head`) quietly with 0
+        raise BrokenPipeError
+
+
 def _console(stream) -> Console:
     # a terminal gets its own width; a file or pipe gets whole rows instead of rich's 80 columns
     width = None if stream.isatty() else 10_000
-    return Console(file=stream, width=width, highlight=False, soft_wrap=width is not None)
+    return _Console(file=stream, width=width, highlight=False, soft_wrap=width is not None)
 
 
 def stdout() -> Console:
@@ -55,6 +62,21 @@ def _tsv_field(value) -> str:
     if any(c in text for c in "\t\n\r\\"):
         text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
     return text
+
+
+def shared_folder(paths: list[str]) -> tuple[str, list[str]]:
+    """The folder that all ``paths`` are in, and each path relative to it: ("../data/ptb", ["valid.txt",
+    "test.txt"]). ("", paths) when they share none, or one of them is stdin."""
+    if any(path.startswith("<") for path in paths):
+        return "", paths
+    folders = [os.path.dirname(path) for path in paths]
+    try:
+        folder = os.path.commonpath(folders) if all(folders) else ""
+    except ValueError:  # absolute and relative paths mixed
+        folder = ""
+    if not folder:
+        return "", paths
+    return folder, [os.path.relpath(path, folder) for path in paths]
 
 
 def print_error(message: str, label: str = "error") -> None:

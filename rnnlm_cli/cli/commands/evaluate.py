@@ -9,13 +9,13 @@ import typer
 
 from rnnlm_cli.cli import output
 from rnnlm_cli.cli.options import (CheckpointArg, Context, Device, DeviceOpt, EncodingErrors, EncodingErrorsOpt,
-                                   Format, Precision, PrecisionOpt, QuietOpt, choices)
+                                   Format, Precision, PrecisionOpt, QuietOpt, ThreadsOpt, choices)
 
 NAME = "eval"
 
 Level = choices("Level", ("summary", "line", "token"))
 
-SUMMARY_COLUMNS = ("name", "lines", "tokens", "oov", "nll", "ppl", "ppl1", "words", "word_ppl", "bytes",
+SUMMARY_COLUMNS = ("file", "lines", "tokens", "oov", "nll", "ppl", "ppl1", "words", "word_ppl", "bytes",
                    "bits_per_byte")
 LINE_COLUMNS = ("file", "line", "tokens", "oov", "log10_prob", "ppl")
 TOKEN_COLUMNS = ("file", "line", "position", "token", "oov", "log10_prob")
@@ -24,7 +24,7 @@ TOKEN_COLUMNS = ("file", "line", "position", "token", "oov", "log10_prob")
 def command(
     checkpoint: CheckpointArg,
     files: Annotated[Optional[list[str]], typer.Argument(
-        metavar="FILE...", show_default=False,
+        metavar="FILE", show_default=False,
         help="Text files to score, one sentence per line; - reads stdin.")] = None,
     files_from: Annotated[Optional[str], typer.Option(
         metavar="LIST", show_default=False,
@@ -51,22 +51,23 @@ def command(
     precision: PrecisionOpt = Precision("fp32"),
     encoding_errors: EncodingErrorsOpt = EncodingErrors("strict"),
     device: DeviceOpt = Device("auto"),
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Perplexity of a checkpoint on one or more text files, per file and in total, or per line and token.
+    """Perplexity of a model on text files: per file, line or token.
 
+    Scores one or more files (or stdin), per file and in total, or per line or token.
     Every token is scored, the end-of-sentence token at each line end included (ppl); ppl1
     leaves it out, as in SRILM. Words outside the vocabulary are scored as `<unk>` and counted
     (OOV), unless --exclude-oov. word ppl and bits/byte compare models with different tokenizers
     on the same text. stdout carries only results.
 
-    Example:
+    Examples:
 
-        rnnlm eval ptb.pt ptb/valid.txt ptb/test.txt
-
-        cat notes.txt | rnnlm eval ptb.pt - --json
-
-        rnnlm eval ptb.pt test.txt --level line --context line | head
+    \b
+      rnnlm eval ptb.pt ptb/valid.txt ptb/test.txt
+      cat notes.txt | rnnlm eval ptb.pt - --json
+      rnnlm eval ptb.pt test.txt --level line --context line | head
     """
     from rnnlm_cli.config import EvalConfig
     from rnnlm_cli.errors import ConfigError
@@ -80,7 +81,7 @@ def command(
     config = EvalConfig(checkpoint=checkpoint, inputs=list(files or []), files_from=files_from,
                         context=context.value, batch_size=batch_size, exclude_oov=exclude_oov,
                         precision=precision.value, device=device.value,
-                        encoding_errors=encoding_errors.value)
+                        encoding_errors=encoding_errors.value, threads=threads)
     if level.value == "summary":
         _summary(config, chosen.value, progress=not quiet)
     else:
@@ -134,27 +135,32 @@ def _finite(value: float) -> float | None:
 
 
 def _table(result):
+    """The summary for people: narrow enough for an 80-column terminal with PTB-sized numbers, the files named
+    by what tells them apart (the folder they share goes into the caption)."""
+    from rich import box
     from rich.table import Table
 
-    caption = (f"context: {result.context}; {result.oov_convention}; ppl counts the end-of-sentence token, "
-               f"ppl1 leaves it out; precision {result.precision}")
+    folder, names = output.shared_folder([score.name for score in result.files])
+    caption = (f"{'files in ' + folder + '; ' if folder else ''}context: {result.context}; {result.oov_convention}; "
+               f"ppl counts the end-of-sentence token, ppl1 leaves it out; precision {result.precision}")
     both = result.direction == "both"
     if both:
         caption += "; bwd ppl: the right-to-left direction, each line from a fresh state"
     elif result.direction == "backward":
         caption += "; a backward model: each line read right to left"
-    table = Table(caption=caption, caption_justify="left")
-    columns = ("file", "lines", "tokens", "OOV", "nll", "ppl", "ppl1", "word ppl", "bits/byte") + (
-        ("bwd ppl",) if both else ())
+    table = Table(caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    columns = ("file", "lines", "tokens", "OOV", "nll", "ppl", "ppl1", "word\nppl", "bits/\nbyte") + (
+        ("bwd\nppl",) if both else ())
     for column in columns:
         if column == "file":
-            table.add_column(column, overflow="fold")
+            table.add_column(column, overflow="fold", min_width=min(12, max(len(name) for name in names)))
         else:
             table.add_column(column, justify="right", no_wrap=True)
-    rows = result.files + ([result.total] if len(result.files) > 1 else [])
-    for score in rows:
-        table.add_row(score.name, f"{score.lines:,}", f"{score.tokens:,}", f"{score.oov:,}",
+    rows = list(zip(names, result.files)) + ([("total", result.total)] if len(result.files) > 1 else [])
+    for name, score in rows:
+        table.add_row(name, f"{score.lines:,}", f"{score.tokens:,}", f"{score.oov:,}",
                       output.number(score.nll, 1), output.number(score.ppl), output.number(score.ppl1),
                       output.number(score.word_ppl), output.number(score.bits_per_byte, 3),
-                      *([output.number(score.backward_ppl)] if both else []), end_section=score is result.files[-1])
+                      *([output.number(score.backward_ppl)] if both else []),
+                      end_section=score is result.files[-1])
     return table

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import (CheckpointArg, Device, DeviceOpt, Format, Precision, PrecisionOpt, QuietOpt)
+from rnnlm_cli.cli.options import (CheckpointArg, Device, DeviceOpt, Format, Precision, PrecisionOpt, QuietOpt,
+                                   ThreadsOpt)
 
 NAME = "fill"
 TSV_COLUMNS = ("sentence", "rank", "filler", "logprob", "probability")
@@ -15,7 +16,7 @@ TSV_COLUMNS = ("sentence", "rank", "filler", "logprob", "probability")
 def command(
     checkpoint: CheckpointArg,
     sentences: Annotated[Optional[list[str]], typer.Argument(
-        metavar="SENTENCE...", show_default=False,
+        metavar="SENTENCE", show_default=False,
         help="Sentences with one blank (___) each, tokenized the way the model's training text was.")] = None,
     sentences_from: Annotated[Optional[str], typer.Option(
         metavar="FILE", show_default=False, help="Read sentences one per line from FILE (- reads stdin).")] = None,
@@ -32,9 +33,10 @@ def command(
     batch_size: Annotated[int, typer.Option(min=1, help="Fillers scored together.")] = 1024,
     precision: PrecisionOpt = Precision("fp32"),
     device: DeviceOpt = Device("auto"),
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Fill in the blank: rank fillers by the probability of the whole sentence.
+    """Rank fillers of a blank by the whole sentence's probability.
 
     Each filler's score (logprob, natural log) is the log-probability of the complete line with
     the filler in the blank, the end of line included, so the words on both sides of the blank
@@ -44,11 +46,11 @@ def command(
 
     Examples:
 
-        rnnlm fill ptb.pt "the company said it expects ___ to rise ."
-
-        rnnlm fill ptb.pt "mary came in . mary said hi to ___ ." --candidates tom,mary,john --json
-
-        rnnlm fill ptb.pt --sentences-from cloze.txt --format tsv --top 3
+    \b
+      rnnlm fill ptb.pt "the company said it expects ___ to rise ."
+      rnnlm fill ptb.pt "mary came in . mary said hi to ___ ." \\
+          --candidates tom,mary,john --json
+      rnnlm fill ptb.pt --sentences-from cloze.txt --format tsv --top 3
     """
     from rnnlm_cli.config import FillConfig
     from rnnlm_cli.errors import ConfigError, InputError
@@ -60,7 +62,7 @@ def command(
         raise ConfigError("give the sentences as arguments or with --sentences-from FILE, one of the two")
     config = FillConfig(checkpoint=checkpoint, sentences=list(sentences or []), top=top, blank=blank,
                         candidates=candidates.split(",") if candidates is not None else None,
-                        batch_size=batch_size, precision=precision.value, device=device.value)
+                        batch_size=batch_size, precision=precision.value, device=device.value, threads=threads)
     for sentence in config.sentences:  # arguments are checked before the model loads
         try:
             split_at_blank(sentence, blank)

@@ -9,7 +9,14 @@ from rnnlm_cli.cli import output
 from rnnlm_cli.cli.options import CheckpointArg, JsonOpt
 
 NAME = "info"
-BAR_WIDTH = 30
+BAR_WIDTH = 16
+# the training curve's bars differ in shape as well as colour, so that they read without colour too (NO_COLOR,
+# a pipe, a printout)
+TRAIN_BAR, VALID_BAR = "━", "╍"
+# what an unset training setting means
+UNSET = {"dropout_input": "= dropout", "dropout_hidden": "= dropout", "dropout_output": "= dropout",
+         "cutoffs": "automatic", "max_time": "no limit", "save_every": "every epoch", "threads": "automatic"}
+HIDDEN_SETTINGS = ("dataset", "out", "force", "preset")  # shown elsewhere, or of no interest later
 
 
 def command(
@@ -21,15 +28,17 @@ def command(
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Describe a checkpoint: model, parameters, tokenizer, training data, settings and training curve.
+    """Describe a checkpoint: model, data, settings, training curve.
 
-    Example:
+    Shows the model and its parameters, the tokenizer, the data it was trained on (with sha256), the
+    effective training settings (the preset's and the options given), and the training curve.
 
-        rnnlm info ptb.pt
+    Examples:
 
-        rnnlm info ptb.pt --plot curve.svg
-
-        rnnlm info ptb.pt --json | jq .best_valid_ppl
+    \b
+      rnnlm info ptb.pt
+      rnnlm info ptb.pt --plot curve.svg
+      rnnlm info ptb.pt --json | jq .best_valid_ppl
     """
     from rnnlm_cli.checkpoint import checkpoint_info
 
@@ -49,7 +58,36 @@ def command(
         output.stderr().print(f"training curve -> {plot}")
 
 
+def _epochs_trained(info) -> str:
+    stopped = info.stopped_within_epoch
+    if stopped is None:
+        return str(info.epochs_trained)
+    return f"{info.epochs_trained}, and {int(100 * stopped)}% of epoch {info.epochs_trained + 1}"
+
+
+def _best(info) -> str:
+    from rnnlm_cli.checkpoint import epoch_label
+
+    if not info.best_valid_ppl:
+        return "n/a"
+    record = info.best_record
+    return f"{output.number(info.best_valid_ppl)} at epoch {epoch_label(record) if record else info.best_epoch}"
+
+
+def _setting(name: str, value) -> str:
+    if value is None:
+        return UNSET.get(name, "none")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 def _tables(info):
+    from rich import box
     from rich.table import Table
 
     def key_values(title, rows):
@@ -70,25 +108,30 @@ def _tables(info):
                      "both": ", bidirectional (forward and backward stacks)"}[model.get("direction", "forward")]),
         ("parameters", f"{info.parameters:,}"),
         ("tokenizer", f"{info.tokenizer_kind}, {info.vocab_size:,} tokens{', lowercased' if info.lowercase else ''}"),
-        ("epochs trained", info.epochs_trained),
+        ("epochs trained", _epochs_trained(info)),
         ("steps", f"{info.steps:,}" + (f" (on {info.processes} processes)" if info.processes > 1 else "")),
-        ("best valid ppl", f"{output.number(info.best_valid_ppl)} (epoch {info.best_epoch})"
-                           if info.best_valid_ppl else "n/a"),
+        ("best valid ppl", _best(info)),
         ("resumable", "yes" if info.resumable else "no (best-model checkpoint; its .last companion resumes)"),
         ("versions", ", ".join(f"{k} {v}" for k, v in info.versions.items())),
     ])
     if info.train_config:
-        settings = {k: v for k, v in info.train_config.items() if k not in ("dataset", "out")}
-        yield key_values("training settings", [(k, v) for k, v in settings.items()])
+        preset = info.train_config.get("preset")
+        title = (f"training settings (preset {preset}" if preset else "training settings (no preset") + \
+            ("; * given)" if info.overrides else ")")
+        yield key_values(title, [(name, _setting(name, value) + (" *" if name in info.overrides else ""))
+                                 for name, value in info.train_config.items() if name not in HIDDEN_SETTINGS])
     splits = info.data.get("splits", {})
     if splits:
         table = Table(title=f"trained on {info.data.get('dataset', '?')} "
-                            f"(validation: {info.data.get('validation', '?')})", title_justify="left")
+                            f"(validation: {info.data.get('validation', '?')}; sha256 cut to 16 digits; --json "
+                            "has them whole)", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
         for column in ("split", "source", "lines", "tokens", "sha256"):
-            table.add_column(column, justify="right" if column in ("lines", "tokens") else "left")
+            table.add_column(column, justify="right" if column in ("lines", "tokens") else "left",
+                             overflow="fold" if column == "source" else "ellipsis",
+                             no_wrap=column != "source")
         for split, fingerprint in splits.items():
             table.add_row(split, fingerprint["source"], f"{fingerprint['lines']:,}", f"{fingerprint['tokens']:,}",
-                          fingerprint["sha256"])
+                          fingerprint["sha256"][:16])
         yield table
     if info.history:
         yield _curve(info.history)
@@ -101,6 +144,7 @@ def _tables(info):
 
 def _curve(history):
     """The training curve as a table: one row per validation, with bars on a log scale."""
+    from rich import box
     from rich.table import Table
 
     from rnnlm_cli.checkpoint import epoch_label
@@ -108,26 +152,26 @@ def _curve(history):
     values = [record[key] for record in history for key in ("train_ppl", "valid_ppl")]
     low, high = min(values), max(values)
 
-    table = Table(title="training curve (bars: perplexity, log scale; blue train, green validation)",
-                  title_justify="left")
-    for column in ("epoch", "train ppl", "valid ppl", "", "lr", "clipped", "seconds", "tokens/s"):
-        table.add_column(column, justify="left" if column == "" else "right")
+    title = f"training curve (bars: perplexity, log scale; {TRAIN_BAR} train, {VALID_BAR} validation)"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, min_width=len(title))
+    for column in ("epoch", "train\nppl", "valid\nppl", "", "lr", "clip-\nped", "tokens/s"):
+        table.add_column(column, justify="left" if column == "" else "right", no_wrap=True)
     for record in history:
         table.add_row(epoch_label(record), output.number(record["train_ppl"]), output.number(record["valid_ppl"]),
                       _log_bar(record["train_ppl"], low, high, "blue") + "\n"
-                      + _log_bar(record["valid_ppl"], low, high, "green"),
+                      + _log_bar(record["valid_ppl"], low, high, "green", VALID_BAR),
                       f"{record['lr']:.4g}", f"{100 * record.get('clipped_fraction', 0):.0f}%",
-                      output.number(record["seconds"], 1), output.number(record["tokens_per_second"], 0))
+                      output.number(record["tokens_per_second"], 0))
     return table
 
 
-def _log_bar(value: float, low: float, high: float, style: str) -> str:
+def _log_bar(value: float, low: float, high: float, style: str, glyph: str = TRAIN_BAR) -> str:
     """A bar whose length is ``value`` on a log scale from ``low`` to ``high``."""
     if value <= 0 or not math.isfinite(value):
         return ""
     span = math.log(high) - math.log(low) if high > low > 0 else 0.0
     filled = 1 + round((BAR_WIDTH - 1) * (math.log(value) - math.log(low)) / span) if span else BAR_WIDTH
-    return f"[{style}]{'━' * max(1, min(BAR_WIDTH, filled))}[/]"
+    return f"[{style}]{glyph * max(1, min(BAR_WIDTH, filled))}[/]"
 
 
 def _step_gradients(gradients: dict, clip: float, bins: int = 20):

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Annotated, Optional
 
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import CheckpointArg, Device, DeviceOpt, QuietOpt
+from rnnlm_cli.cli.options import CheckpointArg, Device, DeviceOpt, QuietOpt, ThreadsOpt
 
 NAME = "sample"
 
@@ -35,13 +36,17 @@ def command(
     stop_at_eos: Annotated[Optional[bool], typer.Option(
         "--stop-at-eos/--no-stop-at-eos", show_default="stop, except for char models",
         help="End each sample at the end-of-line token.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed and options give the same text.")] = 0,
+    seed: Annotated[Optional[int], typer.Option(
+        metavar="N", show_default=False,
+        help="Random seed: the same seed and options give the same text. [default: a new one for each call, "
+             "shown on stderr (and in --json) so that the call can be repeated]")] = None,
     stream: Annotated[Optional[bool], typer.Option(
         "--stream/--no-stream", show_default="when stdout is a terminal",
         help="Print tokens as they are generated.")] = None,
     batch_size: Annotated[int, typer.Option(
         help="Samples generated together (prompts are never split across batches).")] = 256,
     device: DeviceOpt = Device("auto"),
+    threads: ThreadsOpt = None,
     json_output: Annotated[bool, typer.Option(
         "--json", help="JSON Lines: one object per sample with prompt, text, tokens and logprob (natural log).")
     ] = False,
@@ -55,11 +60,10 @@ def command(
 
     Examples:
 
-        rnnlm sample ptb.pt --prompt "the company said" -n 3 --temperature 0.8 --top-p 0.9
-
-        rnnlm sample ptb.pt --prompt "the company said" --beam-size 5 --json
-
-        cut -d' ' -f1-3 headlines.txt | rnnlm sample ptb.pt --prompts-from - --greedy
+    \b
+      rnnlm sample ptb.pt --prompt "the company said" -n 3 --top-p 0.9
+      rnnlm sample ptb.pt --prompt "the company said" --beam-size 5 --json
+      cut -d' ' -f1-3 news.txt | rnnlm sample ptb.pt --prompts-from - --greedy
     """
     from rnnlm_cli.config import SampleConfig
     from rnnlm_cli.errors import ConfigError
@@ -72,16 +76,18 @@ def command(
     config = SampleConfig(checkpoint=checkpoint, prompts=list(prompt) if prompt else [""], num_samples=num_samples,
                           max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                           beam_size=beam_size, seed=seed, device=device.value, stop_at_eos=stop_at_eos,
-                          batch_size=batch_size)
+                          batch_size=batch_size, threads=threads)
     if stream and json_output:
         raise ConfigError("--stream shows text as it grows; --json writes each sample once it is complete")
     if stream and beam_size:
         raise ConfigError("--stream cannot show beam search, whose best continuations change until the end")
     generator = Generator(config)
+    if seed is None and not (config.is_greedy or beam_size):
+        logging.getLogger(__name__).info("seed %d (--seed %d repeats these samples)", generator.seed, generator.seed)
     prompts = iter_lines(prompts_from) if prompts_from else config.prompts
     if json_output:
         for item in generator.samples(prompts):
-            output.print_json_line(item.to_dict())
+            output.print_json_line({**item.to_dict(), "seed": generator.seed})
             sys.stdout.flush()
         return
     writer = output.OrderedText(separator="\n" if multiline(generator.tokenizer.kind) else "")

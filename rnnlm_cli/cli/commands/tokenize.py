@@ -14,9 +14,12 @@ NAME = "tokenize"
 def command(
     train: Annotated[str, typer.Argument(metavar="TRAIN", help="Training text, one sentence per line (- for stdin). "
                                               "The vocabulary is built from this file only.", show_default=False)],
-    out: Annotated[str, typer.Option("--out", "-o", help="Dataset directory to write.", show_default=False)],
-    valid: Annotated[Optional[str], typer.Option(help="Validation text, encoded with the training vocabulary.")] = None,
-    test: Annotated[Optional[str], typer.Option(help="Test text, encoded with the training vocabulary.")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", metavar="DIR", help="Dataset directory to write.",
+                                     show_default=False)],
+    valid: Annotated[Optional[str], typer.Option(
+        metavar="FILE", help="Validation text, encoded with the training vocabulary.")] = None,
+    test: Annotated[Optional[str], typer.Option(
+        metavar="FILE", help="Test text, encoded with the training vocabulary.")] = None,
     kind: Annotated[Kind, typer.Option(help="word: whitespace words; char: Unicode characters; "
                                              "bpe / unigram: sentencepiece subwords.")] = Kind("word"),
     vocab_size: Annotated[Optional[int], typer.Option(min=3, help="Vocabulary size, special tokens included "
@@ -39,16 +42,18 @@ def command(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Build a vocabulary from TRAIN and encode every split into a dataset directory.
+    """Build a vocabulary and encode text into a dataset directory.
 
+    The vocabulary comes from TRAIN alone; --valid and --test are encoded with it.
     The directory holds the tokenizer, each split as a compact id array (read by memory map when
     training) and meta.json (sources with sha256, lines, tokens and OOV rate per split).
 
-    Example:
+    Examples:
 
-        rnnlm tokenize ptb/train.txt --valid ptb/valid.txt --test ptb/test.txt --out data/ptb
-
-        rnnlm tokenize ja.txt --kind unigram --vocab-size 8000 --out data/ja
+    \b
+      rnnlm tokenize ptb/train.txt --valid ptb/valid.txt --test ptb/test.txt \\
+          --out data/ptb
+      rnnlm tokenize ja.txt --kind unigram --vocab-size 8000 --out data/ja
     """
     from rnnlm_cli.config import TokenizeConfig
     from rnnlm_cli.data import tokenize_corpus

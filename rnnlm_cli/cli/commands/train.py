@@ -33,7 +33,7 @@ def command(
     dataset: Annotated[str, typer.Argument(metavar="DIR", help="Dataset directory written by `rnnlm tokenize`.",
                                            show_default=False)],
     out: Annotated[Optional[str], typer.Option(
-        "--out", "-o", show_default=False,
+        "--out", "-o", metavar="CKPT", show_default=False,
         help="Checkpoint to write; it always holds the best-validation model. The latest state, for --resume, "
              "goes beside it as NAME.last.pt, and one JSON line per validation to NAME.metrics.jsonl. "
              "Required unless --resume is given.")] = None,
@@ -130,6 +130,10 @@ def command(
         "log_gradients", "Record every step's global gradient norm (and so the clip rate), and at each validation "
                          "how the loss gradient reaches back through the hidden states of a validation window; "
                          "`rnnlm info` charts both.", "--log-gradients/--no-log-gradients", default="no")] = None,
+    threads: Annotated[Optional[int], _option(
+        "threads", "CPU threads for the matrix work; a resumed run chooses afresh unless given.", metavar="N",
+        default="OMP_NUM_THREADS if set; else 1 for tiny models, and for others every core while no other process "
+                "keeps one busy, one fewer per busy core", min=1)] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Let a new run replace an existing checkpoint at --out (and its .last state).")] = False,
     json_output: JsonOpt = False,
@@ -144,22 +148,22 @@ def command(
     validation follows. With --preset, the preset's values replace the defaults shown here;
     explicit options still win.
 
-    Example:
+    Examples:
 
-        rnnlm train data/ptb --out small.pt --preset small
-
-        rnnlm train data/ptb --out ptb.pt --cell gru --hidden-size 400 --optimizer adam --schedule cosine
-
-        rnnlm train data/ptb --resume small.pt --epochs 20
-
-        rnnlm train data/wikitext-103 --out wt103.pt --valid-every 5000 --save-every 30m
-
-        rnnlm train data/wikitext-2 --out wt2.pt --softmax adaptive --cutoffs 2000,10000
+    \b
+      rnnlm train data/ptb --out small.pt --preset small
+      rnnlm train data/ptb --out ptb.pt --cell gru --hidden-size 400 \\
+          --optimizer adam --schedule cosine
+      rnnlm train data/ptb --resume small.pt --epochs 20
+      rnnlm train data/wt103 --out wt103.pt --valid-every 5000 --save-every 30m
+      rnnlm train data/wt2 --out wt2.pt --softmax adaptive --cutoffs 2000,10000
 
     Data-parallel on 2 processes of one machine (gloo on CPUs, NCCL on GPUs; --batch-size is the
     global batch, split evenly among the processes):
 
-        torchrun --standalone --nproc-per-node 2 -m rnnlm_cli train data/ptb --out ptb.pt --preset small
+    \b
+      torchrun --standalone --nproc-per-node 2 -m rnnlm_cli \\
+          train data/ptb --out ptb.pt --preset small
     """
     from rnnlm_cli.train import best_checkpoint_path, config_for_resume, train
 
@@ -175,7 +179,7 @@ def command(
         "epochs": epochs, "schedule": schedule, "lr_decay": lr_decay, "decay_start": decay_start,
         "warmup_steps": warmup_steps, "patience": patience, "precision": precision, "seed": seed,
         "device": device, "max_time": max_time, "save_every": save_every, "valid_every": valid_every,
-        "log_gradients": log_gradients,
+        "log_gradients": log_gradients, "threads": threads,
     }
     overrides = {key: getattr(value, "value", value) for key, value in given.items() if value is not None}
     if resume is not None:
@@ -198,7 +202,7 @@ def command(
     if json_output:
         output.print_json(result.to_dict())
     elif not quiet:
-        output.stderr().print(
-            f"best valid ppl {output.number(result.best_valid_ppl)} (epoch {result.best_epoch}) "
-            f"-> {result.checkpoint}; latest state -> {result.last_checkpoint}; metrics -> {result.metrics}"
-        )
+        console = output.stderr()
+        console.print(f"best valid ppl {output.number(result.best_valid_ppl)} (epoch {result.best_epoch}) -> "
+                      f"{result.checkpoint}")
+        console.print(f"latest state -> {result.last_checkpoint}; metrics -> {result.metrics}")

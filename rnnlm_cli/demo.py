@@ -1,4 +1,4 @@
-"""The main job on the bundled demo corpus: tokenize -> train -> eval -> sample, in about 25 seconds."""
+"""The main job on the bundled demo corpus: tokenize -> train -> eval -> sample, in 15-25 seconds on 2 CPU cores."""
 
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ SAMPLE_SEED = 0  # the demo's samples are the same on every run
 
 def run_demo(out_dir: str = "checkpoints", device: str = "auto", progress: bool = True,
              threads: int | None = None, on_step: StepCallback | None = None) -> DemoResult:
-    """Tokenize the demo corpus with a unigram sentencepiece model, train a small LSTM for five epochs (about
-    20 seconds on 2 CPU cores), evaluate it on the test text and sample from it."""
+    """Tokenize the demo corpus with a unigram sentencepiece model, train a small LSTM for five epochs (10-20
+    seconds on 2 CPU cores), evaluate it on the test text and sample from it."""
     corpus = demo_corpus()
     out = Path(out_dir)
     data_dir, checkpoint = out / "demo-data", out / "demo.pt"

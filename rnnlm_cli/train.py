@@ -792,13 +792,13 @@ def _describe(model: RNNLanguageModel) -> str:
 
 
 # one line per validation under this header, in columns that fit an 80-column terminal; * marks a new best
-EPOCH_HEADER = f"{'epoch':<13}{'train ppl':>10}{'valid ppl':>11}  {'lr':>8}{'clipped':>8}{'tok/s':>9}{'elapsed':>9}"
+EPOCH_HEADER = f"{'epoch':<13}{'train ppl':>10}{'valid ppl':>11}   {'lr':>8}{'clipped':>8}{'tok/s':>9}{'elapsed':>9}"
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, improved: bool, elapsed: float) -> str:
     minutes, seconds = divmod(int(elapsed), 60)
     return (f"{epoch_label(record, epochs):<13}{_ppl(record['train_ppl']):>10}{_ppl(record['valid_ppl']):>11}"
-            f"{' *' if improved else '  '}{record['lr']:>8.4g}{100 * record['clipped_fraction']:>7.0f}%"
+            f"{' * ' if improved else '   '}{record['lr']:>8.4g}{100 * record['clipped_fraction']:>7.0f}%"
             f"{record['tokens_per_second']:>9,.0f}{f'{minutes}m{seconds:02d}s':>9}")
 
 

@@ -171,7 +171,7 @@ def test_many_files_stdin_and_the_total_row(cli, word_model, corpus, text_file):
     assert "total" in table.stdout and "ppl1" in table.stdout
     # the table names the files by what tells them apart; the folder they share is in the caption
     folder = os.path.commonpath([corpus["test"].parent, text_file.parent])
-    assert f"files in {folder};" in table.stdout
+    assert f"folder {folder};" in table.stdout
     assert f" {os.path.relpath(text_file, folder)} " in table.stdout
     assert f" {os.path.relpath(corpus['test'], folder)} " in table.stdout
 

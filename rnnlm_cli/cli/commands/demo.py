@@ -22,7 +22,7 @@ def command(
     """Tokenize, train, evaluate and sample on the bundled demo corpus.
 
     The corpus is short English and Japanese sentences. The demo trains a 1 x 256 LSTM on a
-    600-piece sentencepiece vocabulary for 5 epochs, about 25 seconds on two CPU cores. It
+    600-piece sentencepiece vocabulary for 5 epochs, 15-25 seconds on two CPU cores. It
     writes DIR/demo-data/ (the dataset), DIR/demo.pt (the model) and DIR/demo.last.pt (its
     resumable state); each step's summary goes to stderr as it finishes, the samples to
     stdout.

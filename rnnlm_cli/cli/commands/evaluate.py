@@ -141,14 +141,14 @@ def _table(result):
     from rich.table import Table
 
     folder, names = output.shared_folder([score.name for score in result.files])
-    caption = (f"{'files in ' + folder + '; ' if folder else ''}context: {result.context}; {result.oov_convention}; "
+    caption = (f"{'folder ' + folder + '; ' if folder else ''}context: {result.context}; {result.oov_convention}; "
                f"ppl counts the end-of-sentence token, ppl1 leaves it out; precision {result.precision}")
     both = result.direction == "both"
     if both:
         caption += "; bwd ppl: the right-to-left direction, each line from a fresh state"
     elif result.direction == "backward":
         caption += "; a backward model: each line read right to left"
-    table = Table(caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    table = Table(caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
     columns = ("file", "lines", "tokens", "OOV", "nll", "ppl", "ppl1", "word\nppl", "bits/\nbyte") + (
         ("bwd\nppl",) if both else ())
     for column in columns:

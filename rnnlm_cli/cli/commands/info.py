@@ -123,7 +123,7 @@ def _tables(info):
     splits = info.data.get("splits", {})
     if splits:
         table = Table(title=f"trained on {info.data.get('dataset', '?')} "
-                            f"(validation: {info.data.get('validation', '?')}; sha256 cut to 16 digits; --json "
+                            f"(validation: {info.data.get('validation', '?')}; sha256: the first 16 digits, --json "
                             "has them whole)", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
         for column in ("split", "source", "lines", "tokens", "sha256"):
             table.add_column(column, justify="right" if column in ("lines", "tokens") else "left",
@@ -154,7 +154,7 @@ def _curve(history):
 
     title = f"training curve (bars: perplexity, log scale; {TRAIN_BAR} train, {VALID_BAR} validation)"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, min_width=len(title))
-    for column in ("epoch", "train\nppl", "valid\nppl", "", "lr", "clip-\nped", "tokens/s"):
+    for column in ("epoch", "train\nppl", "valid\nppl", "", "lr", "clip", "tokens/s"):
         table.add_column(column, justify="left" if column == "" else "right", no_wrap=True)
     for record in history:
         table.add_row(epoch_label(record), output.number(record["train_ppl"]), output.number(record["valid_ppl"]),

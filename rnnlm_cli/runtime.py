@@ -102,8 +102,10 @@ def keep_freed_memory() -> None:
 # (1 x 32 GRU, 600 tokens: 0.89-1.23x in alternated runs; 1 x 64 LSTM: 1.08-1.38x), so such models keep to one
 # thread and leave the other core free (docs/benchmarks.md, "Sharing the CPU").
 ONE_THREAD_MULTIPLY_ADDS = 50_000
-# How often the thread count is reconsidered; reading /proc/stat takes about 30 us.
+# How often the thread count is reconsidered; reading /proc/stat takes about 33 us.
 THREADS_INTERVAL = 0.5
+# The shortest interval between two readings that the first thread count is judged by.
+MIN_READING_SECONDS = 0.1
 
 
 def cpu_count() -> int:
@@ -133,29 +135,44 @@ def cpu_seconds() -> tuple[float, float] | None:
     return busy_ticks / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
+Reading = tuple[float, float, float]  # (clock, CPU seconds busy on this process's CPUs, this process's CPU seconds)
+
+
 class ThreadShare:
     """Torch's intra-op threads: ``limit`` while this process has the CPUs to itself, fewer while others are busy.
 
     Torch's OpenMP threads spin-wait for each other at the end of every parallel region. With another busy process
     on the same cores, each region waits for a thread that is not running: on 2 cores two trainings at 2 threads
-    each ran at 5-8% of their speed alone, and at 1 thread each at 56-65% (docs/benchmarks.md). So every
-    ``interval`` seconds ``poll`` looks at how many cores the rest of the machine kept busy and leaves them to it.
+    each ran at 5-24% of their speed alone, at 1 thread each at 56-71% (docs/benchmarks.md). So every ``interval``
+    seconds ``poll`` looks at how many cores the rest of the machine kept busy and leaves them to it. ``since``, a
+    reading from before the job began (while it loaded its data and model), decides the first count, so that a job
+    started beside a busy one does not begin by colliding with it.
     """
 
     def __init__(self, limit: int, cpus: int | None = None, interval: float = THREADS_INTERVAL,
                  clock: Callable[[], float] = time.monotonic,
-                 sample: Callable[[], tuple[float, float] | None] = cpu_seconds) -> None:
+                 sample: Callable[[], tuple[float, float] | None] = cpu_seconds, since: Reading | None = None) -> None:
         self.limit = limit
         self.cpus = cpu_count() if cpus is None else cpus
         self.interval, self.clock, self.sample = interval, clock, sample
-        self.threads = limit
-        torch.set_num_threads(limit)
         self.last = self._reading()
+        self.threads = limit
+        if since is not None and self.last is not None and self.last[0] - since[0] >= MIN_READING_SECONDS:
+            self.threads = self._fitting(since, self.last)
+        log.debug("starting with %d of %d threads", self.threads, limit)
+        torch.set_num_threads(self.threads)
         self.next_check = self.clock() + interval
 
-    def _reading(self) -> tuple[float, float, float] | None:
+    def _reading(self) -> Reading | None:
         sample = self.sample()
         return None if sample is None else (self.clock(), *sample)
+
+    def _fitting(self, before: Reading, after: Reading) -> int:
+        """The threads that fit beside what the other processes kept busy between two readings: a core counts as
+        taken once they keep it more than half busy."""
+        seconds = max(after[0] - before[0], 1e-9)
+        others = max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / seconds  # cores
+        return max(1, min(self.limit, int(self.cpus - others + 0.5)))
 
     def poll(self) -> None:
         """Cheap between checks: call it once per step."""
@@ -165,31 +182,36 @@ class ThreadShare:
         if now is None:
             self.last = None
             return
-        seconds = now[0] - self.last[0]
-        others = max(0.0, (now[1] - self.last[1]) - (now[2] - self.last[2])) / max(seconds, 1e-9)  # cores
+        threads = self._fitting(self.last, now)
         self.last, self.next_check = now, now[0] + self.interval
-        # a core counts as taken once others keep it more than half busy
-        threads = max(1, min(self.limit, int(self.cpus - others + 0.5)))
         if threads != self.threads:
-            log.debug("other processes keep %.2f cores busy: %d -> %d threads", others, self.threads, threads)
+            log.debug("%d -> %d threads", self.threads, threads)
             self.threads = threads
             torch.set_num_threads(threads)
 
 
+def _machine_reading() -> Reading | None:
+    sample = cpu_seconds()
+    return None if sample is None else (time.monotonic(), *sample)
+
+
 _share: ThreadShare | None = None
+# The CPU readings when a job's module first imported this one, before the job loaded its data and built its model
+# (about 33 us to take): the first interval the threads are chosen by.
+_IMPORTED = _machine_reading()
 
 
 def configure_threads(requested: int | None, multiply_adds_per_token: int) -> int:
     """Set the intra-op threads for a job whose model does ``multiply_adds_per_token``: ``requested`` (--threads)
     exactly; else as OMP_NUM_THREADS says, if set; else one for a model too small to gain from more, or all the
-    CPUs while no other process keeps them busy (``poll_threads`` follows that). Returns the threads now."""
+    CPUs but those other processes keep busy (``poll_threads`` follows their load). Returns the threads now."""
     global _share
     _share = None
     if requested is not None:
         torch.set_num_threads(requested)
     elif not os.environ.get("OMP_NUM_THREADS"):
         limit = 1 if multiply_adds_per_token < ONE_THREAD_MULTIPLY_ADDS else cpu_count()
-        _share = ThreadShare(limit)
+        _share = ThreadShare(limit, since=_IMPORTED)
     return torch.get_num_threads()
 
 

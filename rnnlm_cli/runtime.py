@@ -98,8 +98,8 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 2**31 - 1)  # and the heap's free top is not trimmed
 
 
-# Below this many multiply-adds per token, a second intra-op thread bought nothing measurable on 2 cores
-# (1 x 32 GRU, 600 tokens: 0.89-1.23x in alternated runs; 1 x 64 LSTM: 1.08-1.38x), so such models keep to one
+# Below this many multiply-adds per token, a second intra-op thread bought about 2% on 2 cores, inside the noise
+# (1 x 32 GRU: 1.02x over six alternated runs; a 1 x 64 LSTM, above: 1.08-1.38x), so such models keep to one
 # thread and leave the other core free (docs/benchmarks.md, "Sharing the CPU").
 ONE_THREAD_MULTIPLY_ADDS = 50_000
 # How often the thread count is reconsidered; reading /proc/stat takes about 33 us.
@@ -143,7 +143,7 @@ class ThreadShare:
 
     Torch's OpenMP threads spin-wait for each other at the end of every parallel region. With another busy process
     on the same cores, each region waits for a thread that is not running: on 2 cores two trainings at 2 threads
-    each ran at 5-24% of their speed alone, at 1 thread each at 56-71% (docs/benchmarks.md). So every ``interval``
+    each ran at 3-25% of their speed alone, with this at 58-63% (docs/benchmarks.md). So every ``interval``
     seconds ``poll`` looks at how many cores the rest of the machine kept busy and leaves them to it. ``since``, a
     reading from before the job began (while it loaded its data and model), decides the first count, so that a job
     started beside a busy one does not begin by colliding with it.

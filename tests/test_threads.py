@@ -106,6 +106,7 @@ def test_cpu_seconds_reads_this_machine():
 
 def test_configure_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "_IMPORTED", None)  # no first judgement of the load: the machine's stays out of it
     assert runtime.configure_threads(1, 10**9) == 1 and runtime._share is None  # --threads: exactly that
     assert runtime.configure_threads(None, 10_000) == 1  # a model too small to gain from a second thread
     assert runtime.configure_threads(None, 10**7) == runtime.cpu_count() and runtime._share is not None

@@ -217,7 +217,6 @@ class _Trainer:
         self.save_steps, self.save_seconds = save_interval(config.save_every) if config.save_every else (None, None)
         self.last_saved = time.monotonic()
         self.stop = _StopSignals()  # replaced by the active one in run()
-        self.epoch_lines = False  # whether this process has logged an epoch line (under their header) yet
         if resume is not None:
             self._restore(resume_path(resume))
             log.info("resuming %s at epoch %d, step %d", resume, self.state.epoch + 1, self.state.step)
@@ -250,6 +249,8 @@ class _Trainer:
         stop_reason = "completed"
         if state.epoch >= config.epochs:
             log.info("the run has already trained %d epochs; raise --epochs to train more", state.epoch)
+        else:
+            log.info(EPOCH_HEADER)  # of the lines logged after each validation
         while state.epoch < config.epochs and stop_reason == "completed":
             finished = self._train_epoch(deadline)
             if self.stopping > 1:
@@ -270,9 +271,6 @@ class _Trainer:
                 save_checkpoint(self._checkpoint(with_state=False), self.out)
             self._save_state()
             self.finish_seconds = time.monotonic() - finishing
-            if not self.epoch_lines:
-                log.info(EPOCH_HEADER)
-                self.epoch_lines = True
             log.info(_epoch_line(record, config.epochs, improved, self._elapsed()))
             if state.epoch < config.epochs:
                 _, _, signum = self._agree(0.0, False, deadline)

@@ -48,7 +48,8 @@ class DemoResult:
 # Called after each step with its name ("tokenize", "train", "eval", "sample") and its result, so that a caller
 # can show each result as soon as it is there.
 StepCallback = Callable[[str, Any], None]
-SAMPLE_SEED = 0  # the demo's samples are the same on every run
+# how the demo samples: the same samples on every run
+DEMO_SAMPLING = {"num_samples": 2, "temperature": 0.8, "seed": 0}
 
 
 def run_demo(out_dir: str = "checkpoints", device: str = "auto", progress: bool = True,
@@ -77,7 +78,7 @@ def run_demo(out_dir: str = "checkpoints", device: str = "auto", progress: bool 
                                      threads=threads))
     report("eval", evaluation)
     log.info("4/4 sample")
-    samples = sample(SampleConfig(checkpoint=str(checkpoint), prompts=DEMO_PROMPTS, num_samples=2,
-                                  temperature=0.8, seed=SAMPLE_SEED, device=device, threads=threads))
+    samples = sample(SampleConfig(checkpoint=str(checkpoint), prompts=DEMO_PROMPTS, device=device, threads=threads,
+                                  **DEMO_SAMPLING))
     report("sample", samples)
     return DemoResult(dataset, training, evaluation, samples)

@@ -34,10 +34,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr; errors still show.")
 ]
+THREADS_DEFAULT = ("OMP_NUM_THREADS if set; else 1 for tiny models, and for others every core while no other "
+                   "process keeps one busy, one fewer per busy core")
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    min=1, show_default=False,
-    help="CPU threads for the matrix work. [default: OMP_NUM_THREADS if set; else 1 for tiny models, and for "
-         "others every core while no other process keeps one busy, one fewer per busy core]")]
+    min=1, show_default=False, help=f"CPU threads for the matrix work. [default: {THREADS_DEFAULT}]")]
 PrecisionOpt = Annotated[Precision, typer.Option(
     help="fp32 gives exact scores; bf16 runs matrix products in bfloat16 (faster on CPUs with AVX-512 BF16 or "
          "AMX, and on GPUs) and agrees to about 3 significant digits.")]

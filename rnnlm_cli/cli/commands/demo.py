@@ -36,7 +36,7 @@ def command(
     """
     from rnnlm_cli.cli.commands.evaluate import _table as eval_table
     from rnnlm_cli.cli.commands.tokenize import _table as tokenize_table
-    from rnnlm_cli.demo import SAMPLE_SEED, run_demo
+    from rnnlm_cli.demo import DEMO_SAMPLING, run_demo
 
     output.setup_logging(quiet)
     console = output.stderr()
@@ -49,7 +49,8 @@ def command(
         elif step == "eval":
             console.print(eval_table(result))
         elif step == "sample":
-            console.print(f"samples: 2 per prompt, temperature 0.8, seed {SAMPLE_SEED}")
+            console.print("samples: {num_samples} per prompt, temperature {temperature}, seed {seed}"
+                          .format(**DEMO_SAMPLING))
 
     result = run_demo(out_dir=out_dir, device=device.value, progress=not quiet, threads=threads, on_step=show)
     if json_output:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import Cell, Device, JsonOpt, Optimizer, QuietOpt, choices
+from rnnlm_cli.cli.options import THREADS_DEFAULT, Cell, Device, JsonOpt, Optimizer, QuietOpt, choices
 from rnnlm_cli.config import (DIRECTIONS, PRESET_SOURCES, PRESETS, SCHEDULES, SOFTMAXES, TRAIN_PRECISIONS,
                               TrainConfig, parse_cutoffs)
 from rnnlm_cli.distributed import is_main_process
@@ -132,8 +132,7 @@ def command(
                          "`rnnlm info` charts both.", "--log-gradients/--no-log-gradients", default="no")] = None,
     threads: Annotated[Optional[int], _option(
         "threads", "CPU threads for the matrix work; a resumed run chooses afresh unless given.", metavar="N",
-        default="OMP_NUM_THREADS if set; else 1 for tiny models, and for others every core while no other process "
-                "keeps one busy, one fewer per busy core", min=1)] = None,
+        default=THREADS_DEFAULT, min=1)] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Let a new run replace an existing checkpoint at --out (and its .last state).")] = False,
     json_output: JsonOpt = False,

@@ -6,6 +6,7 @@ importing torch. Each job module takes one of these and returns a result datacla
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,6 +241,81 @@ class TrainConfig:
         return {name: getattr(self, name) for name in ARCHITECTURE}
 
 
+DYNAMIC_RULES = ("rms", "sgd")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """A continuous cache (Grave et al. 2017): p = (1 - lam) p_model + lam p_cache, where p_cache spreads
+    softmax(theta h_t . h_i) over the tokens that followed the last ``window`` top-layer states h_i."""
+
+    window: int = 500  # awd-lstm-lm's PTB setting (pointer.py --window 500)
+    theta: float = 0.3  # the attention's sharpness; 0.3 suits PTB-trained 2 x 200 models (rnnlm tune)
+    lam: float = 0.1  # the cache's share (awd-lstm-lm's PTB --lambdasm 0.1)
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ConfigError(f"--cache-window must be at least 1, not {self.window}")
+        if not self.theta >= 0 or not math.isfinite(self.theta):
+            raise ConfigError(f"--cache-theta must be 0 or more, not {self.theta}")
+        if not 0 <= self.lam <= 1:
+            raise ConfigError(f"--cache-lambda must be in [0, 1], not {self.lam}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "theta": self.theta, "lambda": self.lam}
+
+
+@dataclass(frozen=True)
+class DynamicSettings:
+    """Dynamic evaluation: each segment of ``segment`` tokens is scored, then used for one update of the weights.
+
+    rms (Krause et al. 2018): w -= lr g / (RMS + eps) and w += decay * r (w0 - w), where RMS is each weight's
+    root-mean-square gradient on the training text and r = RMS / mean(RMS) (at most 1 / decay).
+    sgd (Mikolov's rnnlm -dynamic): w -= lr g and w += decay (w0 - w).
+    """
+
+    rule: str = "rms"
+    lr: float | None = None  # None: the rule's default (DYNAMIC_LR)
+    decay: float = 0.02  # the pull back toward the trained weights w0, per update
+    segment: int = 20  # tokens per update
+    data: str | None = None  # rms: the dataset directory whose train split gives the RMS (None: the checkpoint's)
+
+    def __post_init__(self) -> None:
+        _choice(self.rule, DYNAMIC_RULES, "--dynamic-rule")
+        if self.lr is not None and not (self.lr >= 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--dynamic-lr must be 0 or more, not {self.lr}")
+        if not 0 <= self.decay <= 1:
+            raise ConfigError(f"--dynamic-decay must be in [0, 1], not {self.decay}")
+        if self.segment < 1:
+            raise ConfigError(f"--dynamic-segment must be at least 1, not {self.segment}")
+
+    @property
+    def learning_rate(self) -> float:
+        return DYNAMIC_LR[self.rule] if self.lr is None else self.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "lr": self.learning_rate, "decay": self.decay, "segment": self.segment}
+
+
+# each rule's default step, tuned on PTB's valid text with the small preset's model (docs/benchmarks.md)
+DYNAMIC_LR = {"rms": 1e-4, "sgd": 0.1}
+
+
+@dataclass(frozen=True)
+class NgramSettings:
+    """Linear interpolation per token with an n-gram model (ARPA or KenLM binary): p = (1 - weight) p + weight p_ngram."""
+
+    path: str
+    weight: float = 0.3  # the n-gram's share
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.weight <= 1:
+            raise ConfigError(f"--ngram-weight must be in [0, 1], not {self.weight}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.path, "weight": self.weight}
+
+
 @dataclass
 class EvalConfig:
     checkpoint: str
@@ -252,6 +328,13 @@ class EvalConfig:
     device: str = "auto"
     encoding_errors: str = "strict"  # strict: invalid UTF-8 is an error naming the line; replace: U+FFFD
     threads: int | None = None  # CPU threads; None: by the model's size and the other processes' load
+    cache: CacheSettings | None = None  # adaptations (rnnlm_cli.adapt); None: off
+    dynamic: DynamicSettings | None = None
+    ngram: NgramSettings | None = None
+
+    @property
+    def adapted(self) -> bool:
+        return any(setting is not None for setting in (self.cache, self.dynamic, self.ngram))
 
     def __post_init__(self) -> None:
         _threads(self.threads)
@@ -265,6 +348,72 @@ class EvalConfig:
             raise ConfigError("give at least one text file to evaluate (- for stdin), or --files-from LIST")
         if self.inputs.count("-") + (self.files_from == "-") > 1:
             raise ConfigError("standard input (-) can be read only once")
+
+
+# rnnlm tune's default grids: small enough to run in minutes on a 2 x 200 PTB model, wide enough to bracket the
+# settings published for PTB and WikiText-2 (awd-lstm-lm: window 500 / 3785, theta 1.0 / 0.662, lambda 0.1 / 0.128)
+TUNE_CACHE_WINDOWS = (100, 500, 2000)
+TUNE_CACHE_THETAS = (0.1, 0.2, 0.3, 0.5, 1.0)
+TUNE_CACHE_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3)
+TUNE_DYNAMIC_LRS = {"rms": (3e-5, 1e-4, 3e-4), "sgd": (0.03, 0.1, 0.3)}
+TUNE_DYNAMIC_DECAYS = (0.0, 0.02)
+TUNE_NGRAM_WEIGHTS = tuple(round(0.05 * step, 2) for step in range(1, 20))
+
+
+@dataclass
+class TuneConfig:
+    """``rnnlm tune``: the adaptations' settings that give the lowest ppl on one validation text."""
+
+    checkpoint: str
+    text: str  # the validation text ("-": stdin)
+    context: str = "stream"
+    cache: bool = False
+    dynamic: bool = False
+    ngram: str | None = None  # the n-gram model to mix in
+    cache_windows: tuple[int, ...] = TUNE_CACHE_WINDOWS
+    cache_thetas: tuple[float, ...] = TUNE_CACHE_THETAS
+    cache_lambdas: tuple[float, ...] = TUNE_CACHE_LAMBDAS
+    dynamic_rule: str = "rms"
+    dynamic_lrs: tuple[float, ...] | None = None  # None: TUNE_DYNAMIC_LRS of the rule
+    dynamic_decays: tuple[float, ...] = TUNE_DYNAMIC_DECAYS
+    dynamic_segment: int = 20
+    dynamic_data: str | None = None
+    ngram_weights: tuple[float, ...] = TUNE_NGRAM_WEIGHTS
+    batch_size: int = 64
+    precision: str = "fp32"
+    device: str = "auto"
+    encoding_errors: str = "strict"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _threads(self.threads)
+        _choice(self.context, CONTEXTS, "context mode")
+        _choice(self.precision, EVAL_PRECISIONS, "precision")
+        _choice(self.encoding_errors, ENCODING_ERRORS, "--encoding-errors mode")
+        _device(self.device)
+        if not (self.cache or self.dynamic or self.ngram):
+            raise ConfigError("nothing to tune: add --cache, --dynamic or --ngram MODEL (or several)")
+        # every grid point must be a valid setting: checked here, before any work
+        for window in self.cache_windows:
+            for theta in self.cache_thetas:
+                for lam in self.cache_lambdas:
+                    CacheSettings(window, theta, lam)
+        for lr in self.dynamic_lrs or ():
+            for decay in self.dynamic_decays:
+                DynamicSettings(self.dynamic_rule, lr, decay, self.dynamic_segment)
+        DynamicSettings(self.dynamic_rule, None, 0.0, self.dynamic_segment)
+        for weight in self.ngram_weights:
+            NgramSettings("", weight)
+
+    @property
+    def learning_rates(self) -> tuple[float, ...]:
+        return self.dynamic_lrs or TUNE_DYNAMIC_LRS[self.dynamic_rule]
+
+    def dynamic_settings(self, lr: float | None, decay: float) -> DynamicSettings:
+        return DynamicSettings(self.dynamic_rule, lr, decay, self.dynamic_segment, self.dynamic_data)
+
+    def ngram_settings(self) -> NgramSettings:
+        return NgramSettings(self.ngram or "")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rnnlm_cli.adapt import AdaptedScorer, dynamic_dataset, gradient_rms, open_ngram
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import EvalConfig
 from rnnlm_cli.errors import ConfigError, InputError
-from rnnlm_cli.model import RNNLanguageModel
-from rnnlm_cli.runtime import autocast, configure_threads, keep_freed_memory, poll_threads, resolve_device
+from rnnlm_cli.runtime import autocast, configure_threads, keep_freed_memory, resolve_device
+from rnnlm_cli.scoring import score_lines_backward, score_stream_lines, score_token_lines
 from rnnlm_cli.textio import STDIN, display_name, iter_lines, read_path_list
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 # Above this many UTF-8 bytes per whitespace word the text has too few spaces for a word ppl to mean anything
 # (Japanese or Chinese: a "word" is then most of a line); English has about 6, PTB 5.7, a Japanese novel 60-100.
 SPACELESS_BYTES_PER_WORD = 20
-STREAM_CHUNK = 512  # time steps per forward call in stream mode; the state carries between calls
 WINDOW_BATCHES = 8  # line mode reads this many batches at a time to sort by length (the first window is one)
 LOG10 = math.log(10)
 
@@ -188,6 +188,8 @@ class EvalResult:
     tokenizer_kind: str
     vocab_size: int
     direction: str = "forward"  # of the model: forward | backward | both
+    # the adaptations in force (rnnlm_cli.adapt), each None or its settings
+    adaptations: dict[str, Any] = field(default_factory=lambda: {"cache": None, "dynamic": None, "ngram": None})
     files: list[CorpusScore] = field(default_factory=list)
     total: CorpusScore = field(default_factory=lambda: CorpusScore("total"))
 
@@ -204,6 +206,7 @@ class EvalResult:
             "precision": self.precision,
             "direction": self.direction,
             "tokenizer": {"kind": self.tokenizer_kind, "vocab_size": self.vocab_size},
+            "adaptations": self.adaptations,
             "files": [score.to_dict() for score in self.files],
             "total": self.total.to_dict(),
         }
@@ -217,6 +220,8 @@ def evaluate(config: EvalConfig, progress: bool = False) -> EvalResult:
     scorer = Scorer(config)
     result = EvalResult(config.checkpoint, scorer.context, config.exclude_oov, config.precision,
                         scorer.tokenizer.kind, scorer.tokenizer.vocab_size, scorer.direction)
+    if scorer.adapter is not None:
+        result.adaptations = scorer.adapter.settings()
     for path in scorer.inputs:
         score = CorpusScore(display_name(path))
         for line in scorer.score_file(path, progress=progress):
@@ -246,7 +251,7 @@ class Scorer:
         self.config = config
         self.device = resolve_device(config.device)
         keep_freed_memory()
-        self.model, self.tokenizer, _ = load_for_inference(config.checkpoint, self.device)
+        self.model, self.tokenizer, checkpoint = load_for_inference(config.checkpoint, self.device)
         configure_threads(config.threads, self.model.multiply_adds_per_token())
         self.inputs = resolve_inputs(config)
         self.direction = self.model.config.direction
@@ -254,6 +259,8 @@ class Scorer:
         if self.direction == "backward" and self.context == "stream":
             log.info("a backward model is scored line by line: each line right to left, from a fresh state")
             self.context = "line"
+        self.adapter = build_adapter(config, self.model, self.tokenizer, checkpoint.data.get("dataset"), self.context,
+                                     self.device) if config.adapted else None
 
     def score_file(self, path: str, pieces: bool = False, progress: bool = False) -> Iterator[LineScore]:
         config, tokenizer = self.config, self.tokenizer
@@ -264,6 +271,8 @@ class Scorer:
                    disable=None if progress else True)
         numbered = enumerate(iter_lines(path, errors=self.config.encoding_errors), start=1)
         hidden = None  # stream mode: the state carried from one window to the next
+        if self.adapter is not None:
+            self.adapter.start()
         with bar:
             growth = WINDOW_BATCHES if self.context == "line" else 1
             for window in _windows(numbered, config.batch_size, growth):
@@ -271,19 +280,24 @@ class Scorer:
                 encoded = tokenizer.encode_many(texts)
                 token_lines = [enc.ids + [tokenizer.eos_id] for enc in encoded]
                 with autocast(self.device, config.precision):
-                    backward = (score_lines_backward(self.model, token_lines, tokenizer.eos_id, config.batch_size)
-                                if self.direction != "forward" else None)
-                    if self.direction == "backward":
-                        line_nll, backward = backward, None
-                    elif self.context == "stream":
-                        line_nll, hidden = score_stream_lines(self.model, token_lines, tokenizer.eos_id, hidden)
-                    else:
-                        line_nll = score_token_lines(self.model, token_lines, tokenizer.eos_id, "line",
-                                                     config.batch_size)
+                    line_nll, backward, hidden = self._score_window(texts, token_lines, hidden)
                 for index, ((number, text), enc, nll) in enumerate(zip(window, encoded, line_nll)):
                     yield self._line_score(name, number, text, enc.oov_positions, nll, pieces,
                                            None if backward is None else backward[index])
                 bar.update(sum(len(text.encode("utf-8")) + 1 for text in texts))
+
+    def _score_window(self, texts: list[str], token_lines: list[list[int]], hidden):
+        """Per-token nll of a window's lines, a biLM's backward scores (or None), and the stream state after it."""
+        eos, batch_size = self.tokenizer.eos_id, self.config.batch_size
+        if self.adapter is not None:
+            return self.adapter.score(texts, token_lines), None, None
+        backward = score_lines_backward(self.model, token_lines, eos, batch_size) if self.direction != "forward" else None
+        if self.direction == "backward":
+            return backward, None, None
+        if self.context == "stream":
+            line_nll, hidden = score_stream_lines(self.model, token_lines, eos, hidden)
+            return line_nll, backward, hidden
+        return score_token_lines(self.model, token_lines, eos, "line", batch_size), backward, None
 
     def _line_score(self, name: str, number: int, text: str, oov_positions: tuple[int, ...],
                     nll: torch.Tensor, pieces: bool, backward: torch.Tensor | None = None) -> LineScore:
@@ -299,6 +313,20 @@ class Scorer:
         return LineScore(name, number, token_nll, oov_positions, words, len(text.encode("utf-8")) + 1,
                          [*self.tokenizer.surface(text), self.tokenizer.piece(self.tokenizer.eos_id)]
                          if pieces else None, backward_nll)
+
+
+def build_adapter(config: EvalConfig, model, tokenizer, recorded_dataset: str | None, context: str,
+                  device) -> AdaptedScorer:
+    """The adaptations of ``config`` set up for ``model``: the n-gram opened, the rms rule's statistics computed."""
+    ngram = open_ngram(config.ngram, tokenizer) if config.ngram is not None else None
+    rms = None
+    if config.dynamic is not None and config.dynamic.rule == "rms":
+        with autocast(device, config.precision):
+            rms = gradient_rms(model, dynamic_dataset(config.dynamic, recorded_dataset), tokenizer,
+                               config.dynamic.segment)
+    return AdaptedScorer(model, tokenizer, context, cache=config.cache, dynamic=config.dynamic, ngram=ngram,
+                         ngram_weight=config.ngram.weight if config.ngram is not None else 0.0, rms=rms,
+                         batch_size=config.batch_size)
 
 
 def resolve_inputs(config: EvalConfig) -> list[str]:
@@ -323,86 +351,3 @@ def _windows(numbered: Iterator[tuple[int, str]], batch_size: int, growth: int) 
     while window := list(islice(numbered, size)):
         yield window
         size = batch_size * growth
-
-
-def score_token_lines(
-    model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, context: str, batch_size: int = 64,
-    backward: bool = False,
-) -> list[torch.Tensor]:
-    """Negative log-likelihood (nats) of every token of every line, in input order.
-
-    Each line holds its token ids with the end-of-sentence id last. ``backward`` scores with a biLM's
-    right-to-left stack over lines the caller has reversed (``score_lines_backward`` does both).
-    """
-    if context == "stream":
-        return score_stream_lines(model, lines, eos_id, backward=backward)[0]
-    if not lines:
-        return []
-    model.eval()
-    with torch.inference_mode():
-        return _score_lines_batched(model, lines, eos_id, batch_size, backward)
-
-
-def score_lines_backward(model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int,
-                         batch_size: int = 64) -> list[torch.Tensor]:
-    """The right-to-left direction's nll of every token of every line, each line read reversed from a fresh state
-    (its tokens backwards, then the end of the line, which there stands for "the line starts here"). Scores come
-    back in the line's own token order, the line-start score in the end-of-sentence place."""
-    reversed_lines = [[*reversed(line[:-1]), line[-1]] for line in lines]
-    scores = score_token_lines(model, reversed_lines, eos_id, "line", batch_size, backward=True)
-    return [torch.cat([nll[:-1].flip(0), nll[-1:]]) for nll in scores]
-
-
-def score_stream_lines(model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, hidden=None,
-                       backward: bool = False):
-    """Per-line nll of consecutive lines read as one stream, and the state after the last line."""
-    if not lines:
-        return [], hidden
-    stream = torch.tensor([token for line in lines for token in line], dtype=torch.long)
-    nll, hidden = score_stream(model, stream, eos_id, hidden, backward)
-    return list(nll.split([len(line) for line in lines])), hidden
-
-
-def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int, hidden=None, backward: bool = False):
-    """Per-token nll of one token stream, left to right with the state carried, and the final state.
-
-    The token before ``targets[0]`` is taken to be ``<eos>``: streams start at a line boundary. ``backward``
-    reads it with a biLM's right-to-left stack (the caller has reversed the stream).
-    """
-    model.eval()
-    device = model.device
-    targets = targets.to(device)
-    inputs = torch.cat([targets.new_full((1,), eos_id), targets[:-1]])
-    pieces = []
-    with torch.inference_mode():
-        for start in range(0, len(targets), STREAM_CHUNK):
-            poll_threads()
-            stop = start + STREAM_CHUNK
-            features, hidden = model.features(inputs[None, start:stop], hidden, backward)  # (1, T, H)
-            pieces.append(model.token_nll(features[0], targets[start:stop]))
-    return torch.cat(pieces).cpu(), hidden
-
-
-def _score_lines_batched(
-    model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int, backward: bool = False,
-) -> list[torch.Tensor]:
-    device = model.device
-    order = sorted(range(len(lines)), key=lambda i: len(lines[i]), reverse=True)
-    results: list[torch.Tensor | None] = [None] * len(lines)
-    for first in range(0, len(order), batch_size):
-        poll_threads()
-        batch = order[first : first + batch_size]
-        lengths = [len(lines[i]) for i in batch]
-        width = lengths[0]
-        targets = np.full((len(batch), width), eos_id, dtype=np.int64)
-        for row, index in enumerate(batch):
-            targets[row, : lengths[row]] = lines[index]
-        inputs = np.concatenate([np.full((len(batch), 1), eos_id, dtype=np.int64), targets[:, :-1]], axis=1)
-        mask = torch.from_numpy(np.arange(width)[None, :] < np.asarray(lengths)[:, None]).to(device)
-        # padding sits after each line's end, so it never reaches the positions that are scored
-        features, _ = model.features(torch.from_numpy(inputs).to(device), backward=backward)  # (B, T, H)
-        nll = model.token_nll(features[mask], torch.from_numpy(targets).to(device)[mask]).cpu()
-        for index, part in zip(batch, nll.split(lengths)):
-            results[index] = part
-    return results  # type: ignore[return-value]
-

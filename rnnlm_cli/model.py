@@ -218,17 +218,19 @@ class RNNLanguageModel(nn.Module):
             return linear_cross_entropy(features, self.decoder.weight, self.decoder.bias, targets, _cpu_dtype())
         return F.cross_entropy(self.decoder(features).float(), targets)
 
-    def token_nll(self, features: Tensor, targets: Tensor, chunk_size: int = 1024) -> Tensor:
+    def token_nll(self, features: Tensor, targets: Tensor, chunk_size: int = 1024,
+                  differentiable: bool = False) -> Tensor:
         """Negative log-likelihood (nats) of each target, in fp32, decoding at most ``chunk_size`` positions at a time.
 
         features: (N, H); targets: (N,). Chunking bounds the memory of an N x vocab_size logit matrix. On CPUs the
-        full softmax scores each chunk in one pass over its logits (``output_loss.linear_nll``).
+        full softmax scores each chunk in one pass over its logits (``output_loss.linear_nll``), which keeps no
+        graph; ``differentiable`` takes PyTorch's cross-entropy instead, for gradients of the scores.
         """
         chunks = list(zip(features.split(chunk_size), targets.split(chunk_size)))
         if self.config.softmax == "adaptive":
             with _fp32(features):
                 pieces = [-self.decoder(part.float(), target).output for part, target in chunks]
-        elif features.device.type == "cpu":
+        elif features.device.type == "cpu" and not differentiable:
             weight, bias, dtype = self.decoder.weight, self.decoder.bias, _cpu_dtype()
             pieces = [linear_nll(part, weight, bias, target, dtype) for part, target in chunks]
         else:

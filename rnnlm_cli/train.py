@@ -52,7 +52,7 @@ from rnnlm_cli.checkpoint import Checkpoint, current_versions, epoch_label, load
 from rnnlm_cli.config import TrainConfig, save_interval
 from rnnlm_cli.data import BPTTBatches, Dataset, line_ends, stream_share
 from rnnlm_cli.errors import CheckpointError, ConfigError, DatasetError, TrainingError, TrainingInterrupted
-from rnnlm_cli.evaluate import score_lines_backward, score_stream
+from rnnlm_cli.scoring import score_lines_backward, score_stream
 from rnnlm_cli.model import Hidden, ModelConfig, RNNLanguageModel, detach_hidden
 from rnnlm_cli.runtime import (autocast, configure_threads, keep_freed_memory, poll_threads, resolve_device,
                                resolve_precision, seed_everything)

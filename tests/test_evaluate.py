@@ -15,7 +15,7 @@ import torch
 
 from rnnlm_cli.checkpoint import Checkpoint, load_for_inference, save_checkpoint
 from rnnlm_cli.data import Dataset
-from rnnlm_cli.evaluate import score_token_lines
+from rnnlm_cli.scoring import score_token_lines
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel
 
 TEXT = "the cat sat on the mat .\nTom said hi to Mary .\n猫は魚を食べました。\n\nMary gave the key to Tom .\n"

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import traceback
+import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -73,7 +74,10 @@ def _metavar(param: click.Parameter) -> str:
         return "|".join(str(getattr(choice, "value", choice)) for choice in described.choices)
     if param.param_type_name == "argument":
         return param.name.upper()
-    return {int: "N", float: "X"}.get(described.annotation, "TEXT")
+    annotation = described.annotation
+    if typing.get_origin(annotation) is list:  # a repeatable option: each use gives one value
+        annotation = typing.get_args(annotation)[0]
+    return {int: "N", float: "X"}.get(annotation, "TEXT")
 
 
 app = typer.Typer(
@@ -165,9 +169,9 @@ def main_options(
 
 
 def _register() -> None:
-    from rnnlm_cli.cli.commands import demo, evaluate, fill, info, sample, tokenize, train
+    from rnnlm_cli.cli.commands import demo, evaluate, fill, info, sample, tokenize, train, tune
 
-    for module in (tokenize, train, evaluate, sample, fill, info, demo):
+    for module in (tokenize, train, evaluate, tune, sample, fill, info, demo):
         app.command(module.NAME, cls=Command)(handle_errors(module.command))
 
 

@@ -10,10 +10,13 @@ import typer
 from rnnlm_cli.cli import output
 from rnnlm_cli.cli.options import (CheckpointArg, Context, Device, DeviceOpt, EncodingErrors, EncodingErrorsOpt,
                                    Format, Precision, PrecisionOpt, QuietOpt, ThreadsOpt, choices)
+from rnnlm_cli.config import DYNAMIC_LR, DYNAMIC_RULES, CacheSettings, DynamicSettings, NgramSettings
 
 NAME = "eval"
 
 Level = choices("Level", ("summary", "line", "token"))
+DynamicRule = choices("DynamicRule", DYNAMIC_RULES)
+_CACHE, _DYNAMIC, _NGRAM = CacheSettings(), DynamicSettings(), NgramSettings("")
 
 SUMMARY_COLUMNS = ("file", "lines", "tokens", "oov", "nll", "ppl", "ppl1", "words", "word_ppl", "bytes",
                    "bits_per_byte")
@@ -48,6 +51,48 @@ def command(
                               "By default they are scored as `<unk>` and counted.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Lines per forward pass with --context line; "
                                                         "the result does not depend on it.")] = 64,
+    cache: Annotated[bool, typer.Option(
+        "--cache", help="Mix in a continuous cache (Grave et al. 2017): the tokens that followed the recent states "
+                        "most like the current one get more probability. Pick its settings with `rnnlm tune`.")
+    ] = False,
+    cache_window: Annotated[Optional[int], typer.Option(
+        min=1, show_default=False, help=f"Positions the cache looks back over. [default: {_CACHE.window}]")] = None,
+    cache_theta: Annotated[Optional[float], typer.Option(
+        min=0, show_default=False,
+        help=f"Sharpness of the cache's attention over those positions. [default: {_CACHE.theta}]")] = None,
+    cache_lambda: Annotated[Optional[float], typer.Option(
+        min=0, max=1, show_default=False, help=f"The cache's share of the probability. [default: {_CACHE.lam}]")
+    ] = None,
+    dynamic: Annotated[bool, typer.Option(
+        "--dynamic", help="Dynamic evaluation: score each segment of text, then take one gradient step on it, so "
+                          "the model adapts to the text as it reads (the checkpoint file is not changed).")] = False,
+    dynamic_rule: Annotated[Optional[DynamicRule], typer.Option(
+        show_default=False,
+        help="rms: Krause et al. 2018, steps scaled per weight by its gradient RMS on the training text and pulled "
+             "back toward the trained weights (the default: it gained most in their tests and in ours); sgd: plain "
+             "steps, as in Mikolov's rnnlm, needing no training text. [default: rms]")] = None,
+    dynamic_lr: Annotated[Optional[float], typer.Option(
+        min=0, show_default=False,
+        help=f"Step size. [default: {DYNAMIC_LR['rms']:g} for rms, {DYNAMIC_LR['sgd']:g} for sgd]")] = None,
+    dynamic_decay: Annotated[Optional[float], typer.Option(
+        min=0, max=1, show_default=False,
+        help=f"Pull toward the trained weights at each step. [default: {_DYNAMIC.decay}]")] = None,
+    dynamic_segment: Annotated[Optional[int], typer.Option(
+        min=1, show_default=False,
+        help=f"Tokens scored before each step (with --context line: each line is a segment). "
+             f"[default: {_DYNAMIC.segment}]")] = None,
+    dynamic_data: Annotated[Optional[str], typer.Option(
+        metavar="DIR", show_default=False,
+        help="The dataset directory the model was trained on (rnnlm tokenize's), for rms's gradient statistics "
+             "from its training split. [default: the one the checkpoint records]")] = None,
+    ngram: Annotated[Optional[str], typer.Option(
+        metavar="MODEL", show_default=False,
+        help="Interpolate each token's probability with an n-gram model (ARPA or KenLM binary, read with the "
+             "kenlm module: pip install 'rnnlm-cli[ngram]'); word-level models only. Words outside the model's "
+             "vocabulary are scored by it as <unk> and by the n-gram as themselves.")] = None,
+    ngram_weight: Annotated[Optional[float], typer.Option(
+        min=0, max=1, show_default=False,
+        help=f"The n-gram's share: p = (1 - W) p_rnn + W p_ngram. [default: {_NGRAM.weight}]")] = None,
     precision: PrecisionOpt = Precision("fp32"),
     encoding_errors: EncodingErrorsOpt = EncodingErrors("strict"),
     device: DeviceOpt = Device("auto"),
@@ -62,12 +107,17 @@ def command(
     (OOV), unless --exclude-oov. word ppl and bits/byte compare models with different tokenizers
     on the same text. stdout carries only results.
 
+    --cache, --dynamic and --ngram adapt and combine the scores, alone or together (the
+    n-gram mixed last); a token's score still depends only on the text before it, in its
+    file. Choose their settings on validation text with `rnnlm tune`, never on test text.
+
     Examples:
 
     \b
       rnnlm eval ptb.pt ptb/valid.txt ptb/test.txt
       cat notes.txt | rnnlm eval ptb.pt - --json
       rnnlm eval ptb.pt test.txt --level line --context line | head
+      rnnlm eval ptb.pt test.txt --cache --dynamic --ngram kn5.arpa
     """
     from rnnlm_cli.config import EvalConfig
     from rnnlm_cli.errors import ConfigError
@@ -81,11 +131,36 @@ def command(
     config = EvalConfig(checkpoint=checkpoint, inputs=list(files or []), files_from=files_from,
                         context=context.value, batch_size=batch_size, exclude_oov=exclude_oov,
                         precision=precision.value, device=device.value,
-                        encoding_errors=encoding_errors.value, threads=threads)
+                        encoding_errors=encoding_errors.value, threads=threads,
+                        cache=_settings(cache, "--cache", CacheSettings, window=cache_window, theta=cache_theta,
+                                        lam=cache_lambda),
+                        dynamic=_settings(dynamic, "--dynamic", DynamicSettings,
+                                          rule=dynamic_rule.value if dynamic_rule else None, lr=dynamic_lr,
+                                          decay=dynamic_decay, segment=dynamic_segment, data=dynamic_data),
+                        ngram=_settings(ngram is not None, "--ngram MODEL", NgramSettings, path=ngram,
+                                        weight=ngram_weight))
     if level.value == "summary":
         _summary(config, chosen.value, progress=not quiet)
     else:
         _rows(config, level.value, chosen.value)
+
+
+_OPTION_NAMES = {"lam": "lambda"}  # option names that are not the setting's
+
+
+def _settings(on: bool, flag: str, kind, **given):
+    """One adaptation's settings from its options (the dataclass's defaults for those not given), or None when it
+    is off; an option of an adaptation that is off is a usage error rather than silently ignored."""
+    from rnnlm_cli.errors import ConfigError
+
+    given = {name: value for name, value in given.items() if value is not None}
+    if not on:
+        if given:
+            prefix = flag.split()[0]
+            name = next(iter(given))
+            raise ConfigError(f"{prefix}-{_OPTION_NAMES.get(name, name)} sets {prefix}, which is off: add {flag}")
+        return None
+    return kind(**given)
 
 
 def _summary(config, format_name: str, progress: bool) -> None:
@@ -143,6 +218,9 @@ def _table(result):
     folder, names = output.shared_folder([score.name for score in result.files])
     caption = (f"{'folder ' + folder + '; ' if folder else ''}context: {result.context}; {result.oov_convention}; "
                f"ppl counts the end-of-sentence token, ppl1 leaves it out; precision {result.precision}")
+    adapted = describe_adaptations(result.adaptations)
+    if adapted:
+        caption += f"; adapted: {adapted}"
     both = result.direction == "both"
     if both:
         caption += "; bwd ppl: the right-to-left direction, each line from a fresh state"
@@ -164,3 +242,19 @@ def _table(result):
                       *([output.number(score.backward_ppl)] if both else []),
                       end_section=score is result.files[-1])
     return table
+
+
+def describe_adaptations(adaptations: dict) -> str:
+    """The adaptations in force and their settings, in words ("" when none)."""
+    parts = []
+    if adaptations.get("cache"):
+        cache = adaptations["cache"]
+        parts.append(f"cache (window {cache['window']}, theta {cache['theta']:g}, lambda {cache['lambda']:g})")
+    if adaptations.get("dynamic"):
+        dynamic = adaptations["dynamic"]
+        parts.append(f"dynamic evaluation ({dynamic['rule']}, lr {dynamic['lr']:g}, decay {dynamic['decay']:g}, "
+                     f"segment {dynamic['segment']})")
+    if adaptations.get("ngram"):
+        ngram = adaptations["ngram"]
+        parts.append(f"{ngram['order']}-gram {ngram['model']} (weight {ngram['weight']:g})")
+    return ", ".join(parts)

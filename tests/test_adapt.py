@@ -179,11 +179,12 @@ def test_ngram_mix_is_linear_per_token(cli, word_dataset, tmp_path, repeat_file)
     assert tuned["ppl"] <= total(cli, checkpoint, repeat_file, "--ngram", arpa)["ppl"]
 
 
-def test_tune_finds_settings_that_eval_reproduces(cli, word_dataset, tmp_path, repeat_file):
+@pytest.mark.parametrize("context", ["stream", "line"])
+def test_tune_finds_settings_that_eval_reproduces(cli, word_dataset, tmp_path, repeat_file, context):
     checkpoint = tiny_checkpoint(tmp_path / "m.pt", word_dataset, record_dataset=True)
     result = cli("tune", checkpoint, repeat_file, "--cache", "--dynamic", "--dynamic-lr", "0.003",
                  "--dynamic-lr", "0.01", "--dynamic-decay", "0", "--dynamic-segment", "5", "--cache-window", "5",
-                 "--cache-window", "30", "--json", "-q")
+                 "--cache-window", "30", "--context", context, "--json", "-q")
     report = json.loads(result.stdout)
     assert result.stderr == ""
     tried = report["tried"]
@@ -194,8 +195,9 @@ def test_tune_finds_settings_that_eval_reproduces(cli, word_dataset, tmp_path, r
     cache, dynamic = report["best"]["cache"], report["best"]["dynamic"]
     again = total(cli, checkpoint, repeat_file, "--cache", "--cache-window", cache["window"], "--cache-theta",
                   cache["theta"], "--cache-lambda", cache["lambda"], "--dynamic", "--dynamic-lr", dynamic["lr"],
-                  "--dynamic-decay", dynamic["decay"], "--dynamic-segment", dynamic["segment"])
+                  "--dynamic-decay", dynamic["decay"], "--dynamic-segment", dynamic["segment"], "--context", context)
     assert again["ppl"] == pytest.approx(report["ppl"], rel=1e-5)
+    assert report["context"] == context
     assert report["eval_options"].startswith("--dynamic --dynamic-rule rms")
     table = cli("tune", checkpoint, repeat_file, "--cache", "-q").stdout
     assert "Best ppl" in table and "--cache --cache-window" in table
@@ -249,3 +251,21 @@ def test_summary_table_names_the_adaptations(cli, word_dataset, tmp_path, repeat
     assert "adapted: cache (window 500, theta 0.3, lambda 0.1), dynamic evaluation (sgd, lr 0.1, decay 0.02, " \
            "segment 20)" in table
     assert load_checkpoint(checkpoint).data == {}
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm"])
+def test_every_cell_and_subword_models_in_both_precisions(cli, corpus, tmp_path, cell):
+    """A sentencepiece model with each cell: the cache matches the formula, and all three adaptations run in fp32
+    and bf16 (gradients through the bf16 forward included)."""
+    data = tmp_path / "bpe"
+    cli("tokenize", corpus["train"], "--kind", "bpe", "--vocab-size", "600", "--out", data, "-q")
+    checkpoint = tiny_checkpoint(tmp_path / "m.pt", data, record_dataset=True, cell=cell, layers=2)
+    got = token_log10(cli, checkpoint, corpus["test"], "--cache", "--cache-window", "50", "--cache-lambda", "0.2")
+    text = corpus["test"].read_text(encoding="utf-8")
+    assert got == pytest.approx(reference_cache(checkpoint, text, "stream", 50, 0.3, 0.2), abs=2e-6)
+    for precision in ("fp32", "bf16"):
+        static = total(cli, checkpoint, corpus["test"], "--precision", precision)
+        adapted = total(cli, checkpoint, corpus["test"], "--precision", precision, "--cache", "--dynamic",
+                        "--dynamic-lr", "0.003")
+        assert adapted["tokens"] == static["tokens"] and math.isfinite(adapted["ppl"])
+        assert adapted["ppl"] < static["ppl"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm  # noqa: E402
 
+from rnnlm_cli.checkpoint import load_checkpoint  # noqa: E402
 from rnnlm_cli.config import CacheSettings, DynamicSettings, EvalConfig, NgramSettings  # noqa: E402
 from rnnlm_cli.evaluate import evaluate  # noqa: E402
 
@@ -45,6 +47,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=MODES, default=None, help="these adaptations only")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each mode (best counts)")
     parser.add_argument("--no-timing", action="store_true", help="ppl only (the CPU is shared with other work)")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="time the settings an earlier --no-timing run stored, and write the whole section")
     parser.add_argument("--dry-run", action="store_true", help="print the section instead of writing it")
     args = parser.parse_args()
 
@@ -60,6 +64,15 @@ def main() -> None:
     texts = {split: corpus / f"{split}.txt" for split in ("valid", "test")}
     unk_texts = {split: unk_mapped(path, work) for split, path in texts.items()} if "ngram" in modes else {}
 
+    name = args.name or args.checkpoint.stem
+    stored = work / f"{name}.json"  # what tuning chose and the test ppl, for a later --timing-only run
+    if args.timing_only:
+        saved = json.loads(stored.read_text(encoding="utf-8"))
+        tuned, results = saved["tuned"], saved["results"]
+        settings = {mode: report_["best"] for mode, report_ in tuned.items()}
+        timing = time_modes(args.checkpoint, texts["test"], unk_texts.get("test"), settings, args.repeats)
+        publish(f"adaptation-{name}", report(args, name, ngram, tuned, results, timing), args.dry_run)
+        return
     settings: dict[str, dict] = {}
     tuned: dict[str, dict] = {}
     for mode in [*modes, *(["all"] if len(modes) > 1 else [])]:
@@ -82,9 +95,9 @@ def main() -> None:
     for mode, best in settings.items():
         text = unk_texts["test"] if "ngram" in best else texts["test"]
         results[mode] = test_ppl(args.checkpoint, text, best)
+    stored.write_text(json.dumps({"tuned": tuned, "results": results}, indent=1), encoding="utf-8")
     timing = {} if args.no_timing else time_modes(args.checkpoint, texts["test"], unk_texts.get("test"), settings,
                                                   args.repeats)
-    name = args.name or args.checkpoint.stem
     publish(f"adaptation-{name}", report(args, name, ngram, tuned, results, timing), args.dry_run)
 
 
@@ -143,6 +156,19 @@ def time_modes(checkpoint: Path, test: Path, unk_test: Path | None, settings: di
             for name, values in timings.items()}
 
 
+def describe(checkpoint: Path) -> str:
+    """The model and how it was trained, from the checkpoint itself."""
+    loaded = load_checkpoint(checkpoint)
+    model, train = loaded.model_config, loaded.train
+    settings = train.get("config", {})
+    recipe = f"preset {settings['preset']}" if settings.get("preset") else "no preset"
+    extras = [f"{settings['softmax']} softmax"] if settings.get("softmax") == "adaptive" else []
+    best = train.get("best_valid_loss")
+    return (f"a {model.layers} x {model.hidden_size} {model.cell} ({recipe}{', ' if extras else ''}"
+            f"{', '.join(extras)}), {train.get('epoch')} epochs, best valid ppl in training "
+            f"{math.exp(best):.2f}" if best is not None else f"a {model.layers} x {model.hidden_size} {model.cell}")
+
+
 def report(args, name: str, ngram: Path | None, tuned: dict, results: dict, timing: dict) -> str:
     static = results["static"]
     rows = ["| mode | settings (tuned on valid.txt) | valid ppl | test ppl | vs static |" + (
@@ -166,7 +192,8 @@ def report(args, name: str, ngram: Path | None, tuned: dict, results: dict, timi
                       f"lmplz (`<unk>` written UNK).")
     return f"""## Adapted scores: {name} on {args.corpus}
 
-`python bench/adaptation.py {args.checkpoint} --corpus {args.corpus}` on {machine()}; {time.strftime('%Y-%m-%d')}.
+`python bench/adaptation.py CKPT --corpus {args.corpus}` on {machine()}; {time.strftime('%Y-%m-%d')}.
+The checkpoint: {describe(args.checkpoint)}.
 Settings chosen by `rnnlm tune` on valid.txt (each adaptation alone; "all": tuned together, in the order
 dynamic, cache, n-gram), test ppl from `rnnlm eval` in stream context, fp32.{ngram_line}
 Timing: the eval library call on test.txt, best of {args.repeats}, alternated with static runs; dynamic includes

@@ -240,6 +240,14 @@ def dynamic_dataset(settings: DynamicSettings, recorded: str | None) -> str:
                       f"which needs no statistics")
 
 
+def rms_statistics(model: RNNLanguageModel, tokenizer: Tokenizer, settings: DynamicSettings,
+                   recorded_dataset: str | None) -> list[torch.Tensor] | None:
+    """What the update rule of ``settings`` needs from the training text: the rms rule's gradient RMS, or None."""
+    if settings.rule != "rms":
+        return None
+    return gradient_rms(model, dynamic_dataset(settings, recorded_dataset), tokenizer, settings.segment)
+
+
 class AdaptedScorer:
     """A forward model's per-token scores with the adaptations in force, file by file.
 

@@ -276,7 +276,7 @@ class DynamicSettings:
 
     rule: str = "rms"
     lr: float | None = None  # None: the rule's default (DYNAMIC_LR)
-    decay: float = 0.02  # the pull back toward the trained weights w0, per update
+    decay: float = 0.002  # the pull back toward the trained weights w0, per update
     segment: int = 20  # tokens per update
     data: str | None = None  # rms: the dataset directory whose train split gives the RMS (None: the checkpoint's)
 
@@ -298,7 +298,7 @@ class DynamicSettings:
 
 
 # each rule's default step, tuned on PTB's valid text with the small preset's model (docs/benchmarks.md)
-DYNAMIC_LR = {"rms": 1e-4, "sgd": 0.1}
+DYNAMIC_LR = {"rms": 2e-3, "sgd": 0.3}
 
 
 @dataclass(frozen=True)
@@ -352,11 +352,11 @@ class EvalConfig:
 
 # rnnlm tune's default grids: small enough to run in minutes on a 2 x 200 PTB model, wide enough to bracket the
 # settings published for PTB and WikiText-2 (awd-lstm-lm: window 500 / 3785, theta 1.0 / 0.662, lambda 0.1 / 0.128)
-TUNE_CACHE_WINDOWS = (100, 500, 2000)
+TUNE_CACHE_WINDOWS = (100, 500, 2000, 4000)
 TUNE_CACHE_THETAS = (0.1, 0.2, 0.3, 0.5, 1.0)
 TUNE_CACHE_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3)
-TUNE_DYNAMIC_LRS = {"rms": (3e-5, 1e-4, 3e-4), "sgd": (0.03, 0.1, 0.3)}
-TUNE_DYNAMIC_DECAYS = (0.0, 0.02)
+TUNE_DYNAMIC_LRS = {"rms": (1e-3, 2e-3, 4e-3), "sgd": (0.1, 0.3, 1.0)}
+TUNE_DYNAMIC_DECAYS = (0.002, 0.01)
 TUNE_NGRAM_WEIGHTS = tuple(round(0.05 * step, 2) for step in range(1, 20))
 
 

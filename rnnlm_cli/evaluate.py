@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rnnlm_cli.adapt import AdaptedScorer, dynamic_dataset, gradient_rms, open_ngram
+from rnnlm_cli.adapt import AdaptedScorer, open_ngram, rms_statistics
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import EvalConfig
 from rnnlm_cli.errors import ConfigError, InputError
@@ -291,7 +291,9 @@ class Scorer:
         eos, batch_size = self.tokenizer.eos_id, self.config.batch_size
         if self.adapter is not None:
             return self.adapter.score(texts, token_lines), None, None
-        backward = score_lines_backward(self.model, token_lines, eos, batch_size) if self.direction != "forward" else None
+        backward = None
+        if self.direction != "forward":
+            backward = score_lines_backward(self.model, token_lines, eos, batch_size)
         if self.direction == "backward":
             return backward, None, None
         if self.context == "stream":
@@ -320,10 +322,9 @@ def build_adapter(config: EvalConfig, model, tokenizer, recorded_dataset: str | 
     """The adaptations of ``config`` set up for ``model``: the n-gram opened, the rms rule's statistics computed."""
     ngram = open_ngram(config.ngram, tokenizer) if config.ngram is not None else None
     rms = None
-    if config.dynamic is not None and config.dynamic.rule == "rms":
+    if config.dynamic is not None:
         with autocast(device, config.precision):
-            rms = gradient_rms(model, dynamic_dataset(config.dynamic, recorded_dataset), tokenizer,
-                               config.dynamic.segment)
+            rms = rms_statistics(model, tokenizer, config.dynamic, recorded_dataset)
     return AdaptedScorer(model, tokenizer, context, cache=config.cache, dynamic=config.dynamic, ngram=ngram,
                          ngram_weight=config.ngram.weight if config.ngram is not None else 0.0, rms=rms,
                          batch_size=config.batch_size)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from rnnlm_cli.adapt import AdaptedScorer, cache_probabilities, dynamic_dataset, gradient_rms, mix, open_ngram
+from rnnlm_cli.adapt import AdaptedScorer, cache_probabilities, mix, open_ngram, rms_statistics
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import CacheSettings, DynamicSettings, TuneConfig
 from rnnlm_cli.errors import InputError
@@ -110,12 +110,9 @@ def tune(config: TuneConfig, progress: bool = False) -> TuneResult:
         result.trials.append(Trial("static", {}, result.static_ppl))
         best_ppl = result.static_ppl
         if dynamic_points:
-            rms = None
-            if config.dynamic_rule == "rms":
-                with autocast(device, config.precision):
-                    rms = gradient_rms(model, dynamic_dataset(config.dynamic_settings(None, 0.0),
-                                                              checkpoint.data.get("dataset")),
-                                       tokenizer, config.dynamic_segment)
+            with autocast(device, config.precision):
+                rms = rms_statistics(model, tokenizer, config.dynamic_settings(None, 0.0),
+                                     checkpoint.data.get("dataset"))
             for lr, decay in dynamic_points:
                 settings = config.dynamic_settings(lr, decay)
                 tried = run(settings, rms)

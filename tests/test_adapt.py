@@ -104,7 +104,7 @@ def test_dynamic_evaluation_learns_the_repeats_and_leaves_the_checkpoint_alone(c
         report = cli.json("eval", checkpoint, repeat_file, "--context", context, "--dynamic", "--dynamic-rule", rule,
                           "--dynamic-lr", lr, "--dynamic-segment", "5")
         assert report["total"]["ppl"] < 0.7 * static, rule
-        assert report["adaptations"]["dynamic"] == {"rule": rule, "lr": float(lr), "decay": 0.02, "segment": 5}
+        assert report["adaptations"]["dynamic"] == {"rule": rule, "lr": float(lr), "decay": 0.002, "segment": 5}
         assert report["adaptations"]["cache"] is None and report["adaptations"]["ngram"] is None
     assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == before
     # each file starts from the trained weights: the same file twice scores the same twice
@@ -248,7 +248,7 @@ def test_summary_table_names_the_adaptations(cli, word_dataset, tmp_path, repeat
     checkpoint = tiny_checkpoint(tmp_path / "m.pt", word_dataset)
     table = cli("eval", checkpoint, repeat_file, "--cache", "--dynamic", "--dynamic-rule", "sgd",
                 env={"COLUMNS": "200"}).stdout
-    assert "adapted: cache (window 500, theta 0.3, lambda 0.1), dynamic evaluation (sgd, lr 0.1, decay 0.02, " \
+    assert "adapted: cache (window 500, theta 0.3, lambda 0.1), dynamic evaluation (sgd, lr 0.3, decay 0.002, " \
            "segment 20)" in table
     assert load_checkpoint(checkpoint).data == {}
 

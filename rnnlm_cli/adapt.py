@@ -65,7 +65,9 @@ def cache_probabilities(queries: torch.Tensor, targets: torch.Tensor, keys: torc
     memory = keys.shape[1] - length
     probs = queries.new_zeros(batch, length)
     seen = torch.zeros(batch, length, dtype=torch.bool, device=queries.device)
-    step = max(1, min(length, CACHE_SCORES_AT_ONCE // max(1, batch * (window + 1))))
+    # queries per chunk: a chunk of q queries reads q + window keys, so q (q + window) scores per row
+    budget = CACHE_SCORES_AT_ONCE // max(1, batch)
+    step = max(1, min(length, (math.isqrt(window * window + 4 * budget) - window) // 2))
     for start in range(0, length, step):
         stop = min(length, start + step)
         low, high = max(0, memory + start - window), memory + stop - 1  # the keys any of these queries may see

@@ -269,3 +269,21 @@ def test_every_cell_and_subword_models_in_both_precisions(cli, corpus, tmp_path,
                         "--dynamic-lr", "0.003")
         assert adapted["tokens"] == static["tokens"] and math.isfinite(adapted["ppl"])
         assert adapted["ppl"] < static["ppl"]
+
+
+@pytest.mark.parametrize("window", [1, 3, 40])
+def test_cache_chunks_and_memory_do_not_change_the_answer(monkeypatch, window):
+    """The cache computed in small chunks of queries, after a memory of earlier positions, equals one pass."""
+    from rnnlm_cli import adapt
+
+    torch.manual_seed(0)
+    states, tokens = torch.randn(2, 60, 5), torch.randint(0, 4, (2, 60))
+    whole = adapt.cache_probabilities(states, tokens, states, tokens, window, 0.7)
+    monkeypatch.setattr(adapt, "CACHE_SCORES_AT_ONCE", 30)
+    chunked = adapt.cache_probabilities(states, tokens, states, tokens, window, 0.7)
+    memory = 25  # the first 25 positions as memory, the rest as queries
+    after = adapt.cache_probabilities(states[:, memory:], tokens[:, memory:], states, tokens, window, 0.7)
+    for got in (chunked, (torch.cat([whole[0][:, :memory], after[0]], 1), torch.cat([whole[1][:, :memory],
+                                                                                       after[1]], 1))):
+        assert torch.allclose(got[0], whole[0], atol=1e-6) and torch.equal(got[1], whole[1])
+    assert not whole[1][:, 0].any() and whole[1][:, 1:].all()

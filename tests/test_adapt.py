@@ -209,7 +209,7 @@ def test_cache_works_for_characters_in_bf16(cli, char_model, tmp_path):
     static = total(cli, char_model, path, "--precision", "bf16")["ppl"]
     cached = cli.json("eval", char_model, path, "--precision", "bf16", "--cache", "--cache-lambda", "0.5")
     assert cached["total"]["ppl"] < 0.6 * static
-    assert cached["adaptations"]["cache"] == {"window": 500, "theta": 0.3, "lambda": 0.5}
+    assert cached["adaptations"]["cache"] == {"window": 500, "theta": 0.5, "lambda": 0.5}
 
 
 def test_adaptation_errors(cli, word_dataset, char_model, tmp_path, repeat_file):
@@ -248,7 +248,7 @@ def test_summary_table_names_the_adaptations(cli, word_dataset, tmp_path, repeat
     checkpoint = tiny_checkpoint(tmp_path / "m.pt", word_dataset)
     table = cli("eval", checkpoint, repeat_file, "--cache", "--dynamic", "--dynamic-rule", "sgd",
                 env={"COLUMNS": "200"}).stdout
-    assert "adapted: cache (window 500, theta 0.3, lambda 0.1), dynamic evaluation (sgd, lr 0.3, decay 0.002, " \
+    assert "adapted: cache (window 500, theta 0.5, lambda 0.15), dynamic evaluation (sgd, lr 0.3, decay 0.002, " \
            "segment 20)" in table
     assert load_checkpoint(checkpoint).data == {}
 
@@ -262,7 +262,7 @@ def test_every_cell_and_subword_models_in_both_precisions(cli, corpus, tmp_path,
     checkpoint = tiny_checkpoint(tmp_path / "m.pt", data, record_dataset=True, cell=cell, layers=2)
     got = token_log10(cli, checkpoint, corpus["test"], "--cache", "--cache-window", "50", "--cache-lambda", "0.2")
     text = corpus["test"].read_text(encoding="utf-8")
-    assert got == pytest.approx(reference_cache(checkpoint, text, "stream", 50, 0.3, 0.2), abs=2e-6)
+    assert got == pytest.approx(reference_cache(checkpoint, text, "stream", 50, 0.5, 0.2), abs=2e-6)
     for precision in ("fp32", "bf16"):
         static = total(cli, checkpoint, corpus["test"], "--precision", precision)
         adapted = total(cli, checkpoint, corpus["test"], "--precision", precision, "--cache", "--dynamic",

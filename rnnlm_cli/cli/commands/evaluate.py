@@ -56,13 +56,15 @@ def command(
                         "most like the current one get more probability. Pick its settings with `rnnlm tune`.")
     ] = False,
     cache_window: Annotated[Optional[int], typer.Option(
-        min=1, show_default=False, help=f"Positions the cache looks back over. [default: {_CACHE.window}]")] = None,
+        min=1, show_default=False,
+        help=f"Positions the cache looks back over. [default: {_CACHE.window}, awd-lstm-lm's for PTB]")] = None,
     cache_theta: Annotated[Optional[float], typer.Option(
         min=0, show_default=False,
-        help=f"Sharpness of the cache's attention over those positions. [default: {_CACHE.theta}]")] = None,
+        help=f"Sharpness of the cache's attention over those positions. [default: {_CACHE.theta}, tuned on PTB "
+             f"valid for the small preset]")] = None,
     cache_lambda: Annotated[Optional[float], typer.Option(
-        min=0, max=1, show_default=False, help=f"The cache's share of the probability. [default: {_CACHE.lam}]")
-    ] = None,
+        min=0, max=1, show_default=False,
+        help=f"The cache's share of the probability. [default: {_CACHE.lam}, tuned likewise]")] = None,
     dynamic: Annotated[bool, typer.Option(
         "--dynamic", help="Dynamic evaluation: score each segment of text, then take one gradient step on it, so "
                           "the model adapts to the text as it reads (the checkpoint file is not changed).")] = False,
@@ -73,14 +75,15 @@ def command(
              "steps, as in Mikolov's rnnlm, needing no training text. [default: rms]")] = None,
     dynamic_lr: Annotated[Optional[float], typer.Option(
         min=0, show_default=False,
-        help=f"Step size. [default: {DYNAMIC_LR['rms']:g} for rms, {DYNAMIC_LR['sgd']:g} for sgd]")] = None,
+        help=f"Step size. [default: {DYNAMIC_LR['rms']:g} for rms, {DYNAMIC_LR['sgd']:g} for sgd: tuned on PTB "
+             f"valid for the small preset]")] = None,
     dynamic_decay: Annotated[Optional[float], typer.Option(
         min=0, max=1, show_default=False,
-        help=f"Pull toward the trained weights at each step. [default: {_DYNAMIC.decay}]")] = None,
+        help=f"Pull toward the trained weights at each step. [default: {_DYNAMIC.decay}, tuned likewise]")] = None,
     dynamic_segment: Annotated[Optional[int], typer.Option(
         min=1, show_default=False,
-        help=f"Tokens scored before each step (with --context line: each line is a segment). "
-             f"[default: {_DYNAMIC.segment}]")] = None,
+        help=f"Tokens scored before each step (with --context line: each line is a segment). Shorter adapts "
+             f"sooner and costs more. [default: {_DYNAMIC.segment}]")] = None,
     dynamic_data: Annotated[Optional[str], typer.Option(
         metavar="DIR", show_default=False,
         help="The dataset directory the model was trained on (rnnlm tokenize's), for rms's gradient statistics "

@@ -44,6 +44,7 @@ from rnnlm_cli.tokenizers import Tokenizer
 log = logging.getLogger(__name__)
 
 CACHE_SCORES_AT_ONCE = 1 << 22  # attention scores held at once (batch x queries x keys): 16 MB in fp32
+CACHE_MIN_QUERIES = 128  # positions scored together by the cache, at least (with short windows)
 RMS_EPSILON = 1e-3  # added to each weight's gradient RMS before dividing by it (Krause et al.'s default)
 # the gradient statistics of the rms rule: from the first this-many tokens of the training split, read as
 # STATS_ROWS parallel streams in windows of the segment length (the training text's start, never the scored text)
@@ -65,22 +66,30 @@ def cache_probabilities(queries: torch.Tensor, targets: torch.Tensor, keys: torc
     memory = keys.shape[1] - length
     probs = queries.new_zeros(batch, length)
     seen = torch.zeros(batch, length, dtype=torch.bool, device=queries.device)
-    # queries per chunk: a chunk of q queries reads q + window keys, so q (q + window) scores per row
+    # queries per chunk: q of them read q + window keys, of which each uses at most window; a small q wastes
+    # little and keeps a chunk's scores in the CPU's caches (with window 2000 on 2 cores of an EPYC Zen 4, q = 128
+    # took 0.71 times as long as q = 500), and q (q + window) scores per row stay within the budget
     budget = CACHE_SCORES_AT_ONCE // max(1, batch)
-    step = max(1, min(length, (math.isqrt(window * window + 4 * budget) - window) // 2))
+    fits = (math.isqrt(window * window + 4 * budget) - window) // 2
+    step = max(1, min(length, fits, max(CACHE_MIN_QUERIES, window // 16)))
     for start in range(0, length, step):
         stop = min(length, start + step)
         low, high = max(0, memory + start - window), memory + stop - 1  # the keys any of these queries may see
         if high <= low:
             continue
-        scores = torch.bmm(queries[:, start:stop], keys[:, low:high].transpose(1, 2)).mul_(theta)  # (B, q, k)
+        # the softmax by hand, in place: these (B, q, k) passes are most of the cache's cost
+        scores = torch.bmm(queries[:, start:stop] * theta, keys[:, low:high].transpose(1, 2))  # (B, q, k)
         query_at = torch.arange(memory + start, memory + stop, device=queries.device)[:, None]
         key_at = torch.arange(low, high, device=queries.device)[None, :]
-        allowed = (key_at < query_at) & (key_at >= query_at - window)  # (q, k)
-        weights = torch.softmax(scores.masked_fill_(~allowed, -math.inf), dim=-1).nan_to_num_(0.0)
-        hits = values[:, None, low:high] == targets[:, start:stop, None]  # (B, q, k)
-        probs[:, start:stop] = (weights * hits).sum(-1)
-        seen[:, start:stop] = allowed.any(-1)
+        blocked = (key_at >= query_at) | (key_at < query_at - window)  # (q, k)
+        scores.masked_fill_(blocked, -math.inf)
+        top = scores.amax(-1, keepdim=True)
+        top.masked_fill_(top == -math.inf, 0.0)  # a query with no keys: its row stays all zeros
+        weights = scores.sub_(top).exp_()
+        total = weights.sum(-1)
+        matching = weights.masked_fill_(values[:, None, low:high] != targets[:, start:stop, None], 0.0).sum(-1)
+        probs[:, start:stop] = matching / total.clamp_(min=torch.finfo(total.dtype).tiny)
+        seen[:, start:stop] = ~blocked.all(-1)
     return probs, seen
 
 

@@ -71,15 +71,19 @@ def cache_probabilities(queries: torch.Tensor, targets: torch.Tensor, keys: torc
     # took 0.71 times as long as q = 500), and q (q + window) scores per row stay within the budget
     budget = CACHE_SCORES_AT_ONCE // max(1, batch)
     fits = (math.isqrt(window * window + 4 * budget) - window) // 2
-    step = max(1, min(length, fits, max(CACHE_MIN_QUERIES, window // 16)))
+    step = max(1, min(fits, max(CACHE_MIN_QUERIES, window // 16)))
     for start in range(0, length, step):
         stop = min(length, start + step)
-        low, high = max(0, memory + start - window), memory + stop - 1  # the keys any of these queries may see
-        if high <= low:
+        low, high = max(0, memory + start - window), memory + start + step - 1  # the keys these queries may see
+        if memory + stop - 1 <= low:
             continue
+        # every chunk has the same shape, the last one padded (its padding never reaches a real query): so a
+        # token's score does not depend on how much text follows it, to the last bit
+        chunk_queries, chunk_targets = _padded(queries[:, start:stop], step), _padded(targets[:, start:stop], step)
+        chunk_keys, chunk_values = _padded(keys[:, low:high], high - low), _padded(values[:, low:high], high - low)
         # the softmax by hand, in place: these (B, q, k) passes are most of the cache's cost
-        scores = torch.bmm(queries[:, start:stop] * theta, keys[:, low:high].transpose(1, 2))  # (B, q, k)
-        query_at = torch.arange(memory + start, memory + stop, device=queries.device)[:, None]
+        scores = torch.bmm(chunk_queries * theta, chunk_keys.transpose(1, 2))  # (B, q, k)
+        query_at = torch.arange(memory + start, memory + start + step, device=queries.device)[:, None]
         key_at = torch.arange(low, high, device=queries.device)[None, :]
         blocked = (key_at >= query_at) | (key_at < query_at - window)  # (q, k)
         scores.masked_fill_(blocked, -math.inf)
@@ -87,10 +91,19 @@ def cache_probabilities(queries: torch.Tensor, targets: torch.Tensor, keys: torc
         top.masked_fill_(top == -math.inf, 0.0)  # a query with no keys: its row stays all zeros
         weights = scores.sub_(top).exp_()
         total = weights.sum(-1)
-        matching = weights.masked_fill_(values[:, None, low:high] != targets[:, start:stop, None], 0.0).sum(-1)
-        probs[:, start:stop] = matching / total.clamp_(min=torch.finfo(total.dtype).tiny)
-        seen[:, start:stop] = ~blocked.all(-1)
+        matching = weights.masked_fill_(chunk_values[:, None, :] != chunk_targets[:, :, None], 0.0).sum(-1)
+        count = stop - start
+        probs[:, start:stop] = (matching / total.clamp_(min=torch.finfo(total.dtype).tiny))[:, :count]
+        seen[:, start:stop] = ~blocked[:count].all(-1)
     return probs, seen
+
+
+def _padded(rows: torch.Tensor, size: int) -> torch.Tensor:
+    """``rows`` (B, n, ...) with zeros appended along dimension 1 up to ``size``."""
+    missing = size - rows.shape[1]
+    if missing <= 0:
+        return rows
+    return torch.cat([rows, rows.new_zeros(rows.shape[0], missing, *rows.shape[2:])], dim=1)
 
 
 def mix(nll: torch.Tensor, log_other: torch.Tensor, share: float, where: torch.Tensor | None = None) -> torch.Tensor:

@@ -121,13 +121,14 @@ def test_scores_are_causal_and_sum_to_the_totals(cli, word_dataset, tmp_path, re
     arpa = write_arpa(tmp_path / "lm.arpa", REPEAT)
     lines = REPEAT.splitlines(keepends=True)
     prefix = tmp_path / "prefix.txt"
-    prefix.write_text("".join(lines[:9]), encoding="utf-8")
     options = ["--cache", "--cache-window", "10", "--dynamic", "--dynamic-segment", "4", "--dynamic-lr", "0.01",
-               "--ngram", arpa, "--ngram-weight", "0.2"]
+               "--ngram", arpa, "--ngram-weight", "0.2", "--batch-size", "4"]
     for context in ("stream", "line"):
         whole = token_log10(cli, checkpoint, repeat_file, "--context", context, *options)
-        head = token_log10(cli, checkpoint, prefix, "--context", context, *options)
-        assert whole[: len(head)] == head, context
+        for count in (9, 17):  # within the cache's first chunk of 128 positions, and across it
+            prefix.write_text("".join(lines[:count]), encoding="utf-8")
+            head = token_log10(cli, checkpoint, prefix, "--context", context, *options)
+            assert whole[: len(head)] == head, (context, count)
         summary = total(cli, checkpoint, repeat_file, "--context", context, *options)
         assert -sum(whole) * LN10 == pytest.approx(summary["nll"], rel=1e-9)
         lines_json = cli("eval", checkpoint, repeat_file, "--context", context, *options, "--level", "line",

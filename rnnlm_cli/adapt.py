@@ -48,7 +48,7 @@ CACHE_MIN_QUERIES = 128  # positions scored together by the cache, at least (wit
 RMS_EPSILON = 1e-3  # added to each weight's gradient RMS before dividing by it (Krause et al.'s default)
 # the gradient statistics of the rms rule: from the first this-many tokens of the training split, read as
 # STATS_ROWS parallel streams in windows of the segment length (the training text's start, never the scored text)
-STATS_TOKENS = 100_000
+STATS_TOKENS = 50_000
 STATS_ROWS = 20
 LN10 = math.log(10)
 

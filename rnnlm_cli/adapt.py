@@ -178,29 +178,26 @@ class DynamicEvaluation:
         self.settings = settings
         self.params = list(model.parameters())
         self.trained = [param.detach().clone() for param in self.params]
-        lr, decay = settings.learning_rate, settings.decay
-        self.lr, self.decay = lr, decay
+        self.lr, self.decay = lr, decay = settings.learning_rate, settings.decay
         if settings.rule == "rms":
             if rms is None:
                 raise ValueError("the rms rule needs the gradient RMS of every parameter")
             mean = sum(float(r.sum()) for r in rms) / sum(r.numel() for r in rms)
             self.scale = [lr / (r + RMS_EPSILON) for r in rms]  # each weight's step per unit of gradient
             self.pull = [(decay * r / max(mean, 1e-30)).clamp_(max=1.0) for r in rms]  # and its decay rate
-        self.updates = 0
 
     def reset(self) -> None:
         """Back to the trained weights."""
         with torch.no_grad():
             for param, trained in zip(self.params, self.trained):
                 param.copy_(trained)
-        self.updates = 0
 
     def update(self, loss: torch.Tensor) -> None:
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         have = [index for index, grad in enumerate(grads) if grad is not None]
         params, steps = [self.params[i] for i in have], [grads[i] for i in have]
-        # fused multi-tensor ops, one pass over the weights per term: the update of a 2 x 200 PTB model costs
-        # about what the backward pass of a 20-token segment does
+        # fused multi-tensor ops, one pass over the weights per term (for the small PTB model a third of the time
+        # of a loop over the tensors, and then under half that of the segment's backward pass)
         with torch.no_grad():
             if self.settings.rule == "rms":
                 torch._foreach_addcmul_(params, steps, [self.scale[i] for i in have], value=-1.0)
@@ -211,7 +208,6 @@ class DynamicEvaluation:
                     torch._foreach_add_(params, steps, alpha=-self.lr)
                 if self.decay:
                     torch._foreach_lerp_(self.params, self.trained, self.decay)
-        self.updates += 1
 
 
 def gradient_rms(model: RNNLanguageModel, dataset_dir: str, tokenizer: Tokenizer, segment: int) -> list[torch.Tensor]:

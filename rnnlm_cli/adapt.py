@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 CACHE_SCORES_AT_ONCE = 1 << 22  # attention scores held at once (batch x queries x keys): 16 MB in fp32
 CACHE_MIN_QUERIES = 128  # positions scored together by the cache, at least (with short windows)
-RMS_EPSILON = 1e-3  # added to each weight's gradient RMS before dividing by it (Krause et al.'s default)
+RMS_EPSILON = 1e-3  # added to each gradient RMS before dividing by it: bounds the steps of weights it never saw move
 # the gradient statistics of the rms rule: from the first this-many tokens of the training split, read as
 # STATS_ROWS parallel streams in windows of the segment length (the training text's start, never the scored text)
 STATS_TOKENS = 50_000

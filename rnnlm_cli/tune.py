@@ -47,6 +47,7 @@ class TuneResult:
     trials: list[Trial] = field(default_factory=list)
     best: dict[str, dict[str, Any]] = field(default_factory=dict)  # adaptation -> its chosen settings
     ppl: float = math.nan  # with every chosen setting
+    dynamic_data: str | None = None  # the --dynamic-data the rms statistics came from, if given
 
     def options(self) -> str:
         """The chosen settings as `rnnlm eval` options."""
@@ -54,7 +55,8 @@ class TuneResult:
         if "dynamic" in self.best:
             dynamic = self.best["dynamic"]
             parts.append(f"--dynamic --dynamic-rule {dynamic['rule']} --dynamic-lr {dynamic['lr']:g} "
-                         f"--dynamic-decay {dynamic['decay']:g} --dynamic-segment {dynamic['segment']}")
+                         f"--dynamic-decay {dynamic['decay']:g} --dynamic-segment {dynamic['segment']}"
+                         + (f" --dynamic-data {self.dynamic_data}" if self.dynamic_data else ""))
         if "cache" in self.best:
             cache = self.best["cache"]
             parts.append(f"--cache --cache-window {cache['window']} --cache-theta {cache['theta']:g} "
@@ -107,6 +109,7 @@ def tune(config: TuneConfig, progress: bool = False) -> TuneResult:
         bar.update()
         result = TuneResult(config.checkpoint, display_name(config.text), config.context, config.precision,
                             len(texts), tokens, ppl([nll for nll, _ in records]))
+        result.dynamic_data = config.dynamic_data
         result.trials.append(Trial("static", {}, result.static_ppl))
         best_ppl = result.static_ppl
         if dynamic_points:

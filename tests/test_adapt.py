@@ -223,6 +223,9 @@ def test_adaptation_errors(cli, word_dataset, char_model, tmp_path, repeat_file)
     result = cli("eval", checkpoint, repeat_file, "--dynamic", expect=2)
     assert "--dynamic-data DIR" in result.stderr and "--dynamic-rule sgd" in result.stderr
     assert total(cli, checkpoint, repeat_file, "--dynamic", "--dynamic-data", word_dataset)["ppl"] > 1
+    tuned = cli.json("tune", checkpoint, repeat_file, "--dynamic", "--dynamic-lr", "0.01", "--dynamic-decay", "0",
+                     "--dynamic-data", word_dataset, "-q")
+    assert tuned["eval_options"].endswith(f"--dynamic-data {word_dataset}")
     result = cli("eval", checkpoint, repeat_file, "--dynamic", "--dynamic-data", tmp_path / "nowhere", expect=1)
     assert "no such dataset directory" in result.stderr
     result = cli("eval", char_model, repeat_file, "--ngram", tmp_path / "x.arpa", expect=2)

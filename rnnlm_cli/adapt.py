@@ -38,7 +38,7 @@ from rnnlm_cli.config import CacheSettings, DynamicSettings, NgramSettings
 from rnnlm_cli.errors import ConfigError, DatasetError, InputError
 from rnnlm_cli.model import RNNLanguageModel, detach_hidden
 from rnnlm_cli.runtime import poll_threads
-from rnnlm_cli.scoring import STREAM_CHUNK
+from rnnlm_cli.scoring import STREAM_CHUNK, line_batches
 from rnnlm_cli.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -388,24 +388,13 @@ class AdaptedScorer:
 
     def _lines_batched(self, token_lines: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Lines from fresh states, batched longest first (the weights do not change), in input order."""
-        model, eos = self.model, self.tokenizer.eos_id
-        order = sorted(range(len(token_lines)), key=lambda i: len(token_lines[i]), reverse=True)
+        model = self.model
         results: list[torch.Tensor] = [torch.empty(0)] * len(token_lines)
         kept: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.empty(0), torch.empty(0))] * len(token_lines)
-        for first in range(0, len(order), self.batch_size):
-            poll_threads()
-            batch = order[first : first + self.batch_size]
-            lengths = [len(token_lines[i]) for i in batch]
-            targets = torch.full((len(batch), lengths[0]), eos, dtype=torch.long)
-            for row, index in enumerate(batch):
-                targets[row, : lengths[row]] = torch.tensor(token_lines[index], dtype=torch.long)
-            targets = targets.to(model.device)
-            inputs = torch.cat([targets.new_full((len(batch), 1), eos), targets[:, :-1]], dim=1)
-            mask = torch.arange(lengths[0], device=model.device)[None, :] < torch.tensor(lengths, device=model.device
-                                                                                        )[:, None]
+        for batch, lengths, inputs, targets, mask in line_batches(token_lines, self.tokenizer.eos_id, self.batch_size,
+                                                                  model.device):
             with torch.inference_mode():
-                # padding sits after each line's end, so no scored position (and no cache query) reaches it
-                features, _ = model.features(inputs)  # (B, T, H)
+                features, _ = model.features(inputs)  # (B, T, H); no cache query reaches the padding either
                 nll = model.token_nll(features[mask], targets[mask]).double().cpu().split(lengths)
                 states = features.float()
                 if self.cache is not None:

@@ -9,7 +9,7 @@ The adaptations that change these scores (cache, dynamic evaluation, n-gram mix)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -78,12 +78,12 @@ def score_stream(model: RNNLanguageModel, targets: torch.Tensor, eos_id: int, hi
     return torch.cat(pieces).cpu(), hidden
 
 
-def _score_lines_batched(
-    model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int, backward: bool = False,
-) -> list[torch.Tensor]:
-    device = model.device
+def line_batches(lines: Sequence[Sequence[int]], eos_id: int, batch_size: int, device: torch.device
+                 ) -> Iterator[tuple[list[int], list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Lines batched longest first, for scoring from fresh states: per batch, the lines' indices and lengths, the
+    right-padded inputs and targets (B, T) on ``device``, and the mask of the real positions. Padding sits after
+    each line's end, so it never reaches a position that is scored."""
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]), reverse=True)
-    results: list[torch.Tensor | None] = [None] * len(lines)
     for first in range(0, len(order), batch_size):
         poll_threads()
         batch = order[first : first + batch_size]
@@ -94,10 +94,16 @@ def _score_lines_batched(
             targets[row, : lengths[row]] = lines[index]
         inputs = np.concatenate([np.full((len(batch), 1), eos_id, dtype=np.int64), targets[:, :-1]], axis=1)
         mask = torch.from_numpy(np.arange(width)[None, :] < np.asarray(lengths)[:, None]).to(device)
-        # padding sits after each line's end, so it never reaches the positions that are scored
-        features, _ = model.features(torch.from_numpy(inputs).to(device), backward=backward)  # (B, T, H)
-        nll = model.token_nll(features[mask], torch.from_numpy(targets).to(device)[mask]).cpu()
+        yield batch, lengths, torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device), mask
+
+
+def _score_lines_batched(
+    model: RNNLanguageModel, lines: Sequence[Sequence[int]], eos_id: int, batch_size: int, backward: bool = False,
+) -> list[torch.Tensor]:
+    results: list[torch.Tensor | None] = [None] * len(lines)
+    for batch, lengths, inputs, targets, mask in line_batches(lines, eos_id, batch_size, model.device):
+        features, _ = model.features(inputs, backward=backward)  # (B, T, H)
+        nll = model.token_nll(features[mask], targets[mask]).cpu()
         for index, part in zip(batch, nll.split(lengths)):
             results[index] = part
     return results  # type: ignore[return-value]
-

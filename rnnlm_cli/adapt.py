@@ -403,7 +403,8 @@ class AdaptedScorer:
                     probs, seen = probs.double().log().cpu(), seen.cpu()
             for row, index in enumerate(batch):
                 scores = nll[row]
-                kept[index] = (scores, states[row, : lengths[row]].cpu())
+                if self.keep_features:
+                    kept[index] = (scores, states[row, : lengths[row]].cpu())
                 if self.cache is not None:
                     scores = mix(scores, probs[row, : lengths[row]], self.cache.lam, seen[row, : lengths[row]])
                 results[index] = scores

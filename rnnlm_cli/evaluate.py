@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rnnlm_cli.adapt import AdaptedScorer, open_ngram, rms_statistics
+from rnnlm_cli.adapt import AdaptedScorer, adapted_precision, open_ngram, rms_statistics
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import EvalConfig
 from rnnlm_cli.errors import ConfigError, InputError
@@ -218,7 +218,7 @@ def evaluate(config: EvalConfig, progress: bool = False) -> EvalResult:
     ``progress`` shows a tqdm bar per file on stderr (when it is a terminal).
     """
     scorer = Scorer(config)
-    result = EvalResult(config.checkpoint, scorer.context, config.exclude_oov, config.precision,
+    result = EvalResult(config.checkpoint, scorer.context, config.exclude_oov, scorer.precision,
                         scorer.tokenizer.kind, scorer.tokenizer.vocab_size, scorer.direction)
     if scorer.adapter is not None:
         result.adaptations = scorer.adapter.settings()
@@ -259,8 +259,9 @@ class Scorer:
         if self.direction == "backward" and self.context == "stream":
             log.info("a backward model is scored line by line: each line right to left, from a fresh state")
             self.context = "line"
+        self.precision = adapted_precision(config.precision, config.dynamic is not None)
         self.adapter = build_adapter(config, self.model, self.tokenizer, checkpoint.data.get("dataset"), self.context,
-                                     self.device) if config.adapted else None
+                                     self.device, self.precision) if config.adapted else None
 
     def score_file(self, path: str, pieces: bool = False, progress: bool = False) -> Iterator[LineScore]:
         config, tokenizer = self.config, self.tokenizer
@@ -279,7 +280,7 @@ class Scorer:
                 texts = [text for _, text in window]
                 encoded = tokenizer.encode_many(texts)
                 token_lines = [enc.ids + [tokenizer.eos_id] for enc in encoded]
-                with autocast(self.device, config.precision):
+                with autocast(self.device, self.precision):
                     line_nll, backward, hidden = self._score_window(texts, token_lines, hidden)
                 for index, ((number, text), enc, nll) in enumerate(zip(window, encoded, line_nll)):
                     yield self._line_score(name, number, text, enc.oov_positions, nll, pieces,
@@ -318,12 +319,12 @@ class Scorer:
 
 
 def build_adapter(config: EvalConfig, model, tokenizer, recorded_dataset: str | None, context: str,
-                  device) -> AdaptedScorer:
+                  device, precision: str) -> AdaptedScorer:
     """The adaptations of ``config`` set up for ``model``: the n-gram opened, the rms rule's statistics computed."""
     ngram = open_ngram(config.ngram, tokenizer) if config.ngram is not None else None
     rms = None
     if config.dynamic is not None:
-        with autocast(device, config.precision):
+        with autocast(device, precision):
             rms = rms_statistics(model, tokenizer, config.dynamic, recorded_dataset)
     return AdaptedScorer(model, tokenizer, context, cache=config.cache, dynamic=config.dynamic, ngram=ngram,
                          ngram_weight=config.ngram.weight if config.ngram is not None else 0.0, rms=rms,

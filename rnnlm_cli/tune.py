@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from rnnlm_cli.adapt import AdaptedScorer, cache_probabilities, mix, open_ngram, rms_statistics
+from rnnlm_cli.adapt import (AdaptedScorer, adapted_precision, cache_probabilities, mix, open_ngram,
+                              rms_statistics)
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import CacheSettings, DynamicSettings, TuneConfig
 from rnnlm_cli.errors import InputError
@@ -78,6 +79,7 @@ def tune(config: TuneConfig, progress: bool = False) -> TuneResult:
     model, tokenizer, checkpoint = load_for_inference(config.checkpoint, device)
     configure_threads(config.threads, model.multiply_adds_per_token())
     ngram = open_ngram(config.ngram_settings(), tokenizer) if config.ngram else None
+    precision = adapted_precision(config.precision, config.dynamic)
     texts = list(iter_lines(config.text, errors=config.encoding_errors))
     if not texts:
         raise InputError(f"{display_name(config.text)}: no lines to tune on")
@@ -92,7 +94,7 @@ def tune(config: TuneConfig, progress: bool = False) -> TuneResult:
         scorer = AdaptedScorer(model, tokenizer, config.context, dynamic=dynamic, rms=rms,
                                batch_size=config.batch_size, keep_features=True)
         try:
-            with autocast(device, config.precision):
+            with autocast(device, precision):
                 scorer.score(texts, token_lines)
         finally:
             if scorer.dynamic is not None:
@@ -107,13 +109,13 @@ def tune(config: TuneConfig, progress: bool = False) -> TuneResult:
     with bar:
         records = run(None, None)
         bar.update()
-        result = TuneResult(config.checkpoint, display_name(config.text), config.context, config.precision,
+        result = TuneResult(config.checkpoint, display_name(config.text), config.context, precision,
                             len(texts), tokens, ppl([nll for nll, _ in records]))
         result.dynamic_data = config.dynamic_data
         result.trials.append(Trial("static", {}, result.static_ppl))
         best_ppl = result.static_ppl
         if dynamic_points:
-            with autocast(device, config.precision):
+            with autocast(device, precision):
                 rms = rms_statistics(model, tokenizer, config.dynamic_settings(None, 0.0),
                                      checkpoint.data.get("dataset"))
             for lr, decay in dynamic_points:

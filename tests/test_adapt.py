@@ -291,3 +291,15 @@ def test_cache_chunks_and_memory_do_not_change_the_answer(monkeypatch, window):
                                                                                        after[1]], 1))):
         assert torch.allclose(got[0], whole[0], atol=1e-6) and torch.equal(got[1], whole[1])
     assert not whole[1][:, 0].any() and whole[1][:, 1:].all()
+
+
+def test_dynamic_evaluation_runs_in_fp32_when_bf16_is_asked(cli, word_dataset, tmp_path, repeat_file):
+    """Its steps are far below bf16's resolution, so it would adapt almost nothing in bf16 products."""
+    checkpoint = tiny_checkpoint(tmp_path / "m.pt", word_dataset, record_dataset=True)
+    options = ["--dynamic", "--dynamic-lr", "0.01", "--cache"]
+    asked = cli("eval", checkpoint, repeat_file, *options, "--precision", "bf16", "--json")
+    assert "dynamic evaluation runs in fp32" in asked.stderr
+    report = json.loads(asked.stdout)
+    assert report["precision"] == "fp32"
+    assert report["total"]["nll"] == total(cli, checkpoint, repeat_file, *options)["nll"]
+    assert "runs in fp32" not in cli("eval", checkpoint, repeat_file, "--cache", "--precision", "bf16").stderr

@@ -67,7 +67,8 @@ def command(
         help=f"The cache's share of the probability. [default: {_CACHE.lam}, tuned likewise]")] = None,
     dynamic: Annotated[bool, typer.Option(
         "--dynamic", help="Dynamic evaluation: score each segment of text, then take one gradient step on it, so "
-                          "the model adapts to the text as it reads (the checkpoint file is not changed).")] = False,
+                          "the model adapts to the text as it reads (the checkpoint file is not changed). Runs in "
+                          "fp32 whatever --precision says: its small steps vanish in bf16.")] = False,
     dynamic_rule: Annotated[Optional[DynamicRule], typer.Option(
         show_default=False,
         help="rms: Krause et al. 2018, steps scaled per weight by its gradient RMS on the training text and pulled "

@@ -156,6 +156,11 @@ def time_modes(checkpoint: Path, test: Path, unk_test: Path | None, settings: di
             for name, values in timings.items()}
 
 
+def command_line(args) -> str:
+    """This run's arguments, the checkpoint's path written CKPT and --timing-only left out (it only splits a run)."""
+    return " ".join("CKPT" if arg == str(args.checkpoint) else arg for arg in sys.argv[1:] if arg != "--timing-only")
+
+
 def describe(checkpoint: Path) -> str:
     """The model and how it was trained, from the checkpoint itself."""
     loaded = load_checkpoint(checkpoint)
@@ -192,7 +197,7 @@ def report(args, name: str, ngram: Path | None, tuned: dict, results: dict, timi
                       f"lmplz (`<unk>` written UNK).")
     return f"""## Adapted scores: {name} on {args.corpus}
 
-`python bench/adaptation.py CKPT --corpus {args.corpus}` on {machine()}; {time.strftime('%Y-%m-%d')}.
+`python bench/adaptation.py {command_line(args)}` on {machine()}; {time.strftime('%Y-%m-%d')}.
 The checkpoint: {describe(args.checkpoint)}.
 Settings chosen by `rnnlm tune` on valid.txt (each adaptation alone; "all": tuned together, in the order
 dynamic, cache, n-gram), test ppl from `rnnlm eval` in stream context, fp32.{ngram_line}

@@ -306,7 +306,7 @@ DYNAMIC_LR = {"rms": 2e-3, "sgd": 0.3}
 
 @dataclass(frozen=True)
 class NgramSettings:
-    """Linear interpolation per token with an n-gram model (ARPA or KenLM binary): p = (1 - weight) p + weight p_ngram."""
+    """Linear interpolation per token with an n-gram model (ARPA or KenLM binary): (1 - weight) p + weight p_ngram."""
 
     path: str
     # the n-gram's share: rnnlm tune's choice on PTB valid for the small preset's model and a KenLM modified-KN
@@ -398,15 +398,17 @@ class TuneConfig:
         _device(self.device)
         if not (self.cache or self.dynamic or self.ngram):
             raise ConfigError("nothing to tune: add --cache, --dynamic or --ngram MODEL (or several)")
-        # every grid point must be a valid setting: checked here, before any work
+        # every value of every grid must be a valid setting: checked here, before any work
         for window in self.cache_windows:
-            for theta in self.cache_thetas:
-                for lam in self.cache_lambdas:
-                    CacheSettings(window, theta, lam)
-        for lr in self.dynamic_lrs or ():
-            for decay in self.dynamic_decays:
-                DynamicSettings(self.dynamic_rule, lr, decay, self.dynamic_segment)
-        DynamicSettings(self.dynamic_rule, None, 0.0, self.dynamic_segment)
+            CacheSettings(window=window)
+        for theta in self.cache_thetas:
+            CacheSettings(theta=theta)
+        for lam in self.cache_lambdas:
+            CacheSettings(lam=lam)
+        for lr in self.learning_rates:
+            DynamicSettings(self.dynamic_rule, lr, segment=self.dynamic_segment)
+        for decay in self.dynamic_decays:
+            DynamicSettings(self.dynamic_rule, decay=decay)
         for weight in self.ngram_weights:
             NgramSettings("", weight)
 

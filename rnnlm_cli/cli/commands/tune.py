@@ -103,17 +103,18 @@ def command(
         output.stdout().print(_table(result))
 
 
+SHOWN = ("window", "theta", "lambda", "lr", "decay", "weight")  # the settings a row shows (not the rule or model)
+
+
 def _settings(trial) -> str:
-    names = {"window": "window", "theta": "theta", "lambda": "lambda", "lr": "lr", "decay": "decay",
-             "weight": "weight"}
-    return ", ".join(f"{names[key]} {value:g}" for key, value in trial.settings.items() if key in names)
+    return ", ".join(f"{key} {value:g}" for key, value in trial.settings.items() if key in SHOWN)
 
 
 def _table(result):
     from rich import box
     from rich.table import Table
 
-    chosen = {name: settings for name, settings in result.best.items()}
+    chosen = result.best
     options = result.options() or "(none lowered ppl: evaluate without adaptations)"
     caption = (f"{result.text}: {result.lines:,} lines, {result.tokens:,} tokens; context {result.context}; "
                f"each adaptation on top of the best above it; * chosen. Best ppl {output.number(result.ppl)} "

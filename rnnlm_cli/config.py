@@ -423,6 +423,72 @@ class TuneConfig:
         return NgramSettings(self.ngram or "")
 
 
+RESCORE_CONTEXTS = ("line", "utterance")
+NBEST_FORMATS = ("kaldi", "srilm", "mikolov", "jsonl")
+UNITS = ("log10", "ln")
+
+
+@dataclass(frozen=True)
+class RescoreWeights:
+    """How a hypothesis's total is made, in the list's units (log10 or natural log; higher is better):
+    total = sum of score_weights[j] x the list's score j + lm_weight x the model's log-probability
+            + word_penalty x words + oov_penalty x out-of-vocabulary words + rank_weight x rank (0 for the first).
+    Each weight is added as given: a negative word_penalty favours fewer words."""
+
+    lm_weight: float = 1.0
+    word_penalty: float = 0.0
+    oov_penalty: float = 0.0
+    rank_weight: float = 0.0
+    score_weights: tuple[float, ...] | None = None  # one per score column of the list; None: 1 for each
+
+    def __post_init__(self) -> None:
+        for name in ("lm_weight", "word_penalty", "oov_penalty", "rank_weight"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number")
+
+    def columns(self, count: int) -> tuple[float, ...]:
+        """The weight of each of ``count`` score columns."""
+        if self.score_weights is None:
+            return (1.0,) * count
+        if len(self.score_weights) != count:
+            raise ConfigError(f"--score-weight was given {len(self.score_weights)} times, and the list has {count} "
+                              f"score column{'s' if count != 1 else ''}: give one per column, in order")
+        return self.score_weights
+
+    def to_dict(self, count: int) -> dict[str, Any]:
+        return {"lm_weight": self.lm_weight, "word_penalty": self.word_penalty, "oov_penalty": self.oov_penalty,
+                "rank_weight": self.rank_weight, "score_weights": list(self.columns(count))}
+
+
+@dataclass
+class RescoreConfig:
+    """``rnnlm rescore``: an n-best list's hypotheses scored by the model, combined with the list's own scores."""
+
+    checkpoint: str
+    nbest: str  # a file, a directory of SRILM files, or "-" for stdin
+    format: str | None = None  # None: guessed from the input
+    context: str = "line"  # line: each hypothesis from a fresh state; utterance: after the previous 1-best
+    units: str | None = None  # None: the format's own (rnnlm_cli.nbest.DEFAULT_UNITS)
+    weights: RescoreWeights = field(default_factory=RescoreWeights)
+    ngram: NgramSettings | None = None
+    batch_size: int = 256  # prefix chains read together; never changes the result
+    precision: str = "fp32"
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _threads(self.threads)
+        _device(self.device)
+        _choice(self.context, RESCORE_CONTEXTS, "context")
+        _choice(self.precision, EVAL_PRECISIONS, "precision")
+        if self.format is not None:
+            _choice(self.format, NBEST_FORMATS, "n-best format")
+        if self.units is not None:
+            _choice(self.units, UNITS, "units")
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size must be at least 1")
+
+
 @dataclass
 class SampleConfig:
     checkpoint: str

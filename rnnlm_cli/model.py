@@ -191,6 +191,16 @@ class RNNLanguageModel(nn.Module):
         top = hidden[0] if isinstance(hidden, tuple) else hidden  # (layers, B, H)
         return top[-1], hidden
 
+    def packed_features(self, ids: Tensor, lengths: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
+        """For right-padded sequences ``ids`` (B, T) of ``lengths`` (each at least 1, the longest T), in eval mode,
+        each row from its own state in ``hidden``: the top layer's outputs (B, T, H; zeros past a row's length) and
+        each row's hidden state after its own last token. The padding is never read."""
+        x = self.embedding(ids.t())  # (T, B, E)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+        output, hidden = self.rnn(packed, hidden)  # rows come back in input order
+        output, _ = nn.utils.rnn.pad_packed_sequence(output, total_length=ids.shape[1])
+        return output.transpose(0, 1), hidden
+
     def forward(self, ids: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
         """Logits for the next token at every position, (B, T, V), and the new hidden state."""
         output, hidden = self.features(ids, hidden)

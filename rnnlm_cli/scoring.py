@@ -3,7 +3,8 @@ share (one floor below the jobs).
 
 Each line is its token ids with the end-of-sentence id last; the first token of a sequence is predicted after
 ``<eos>``. ``score_stream`` reads one stream with the state carried, in chunks of ``STREAM_CHUNK`` positions;
-``score_token_lines`` reads lines from fresh states, batched longest first and put back in input order.
+``score_token_lines`` reads lines from fresh states, batched longest first and put back in input order;
+``score_prefix_tree`` reads many sequences that share prefixes (n-best lists) scoring each shared prefix once.
 The adaptations that change these scores (cache, dynamic evaluation, n-gram mix) are in ``rnnlm_cli.adapt``.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from rnnlm_cli.model import RNNLanguageModel
+from rnnlm_cli.model import Hidden, RNNLanguageModel, select_rows
 from rnnlm_cli.runtime import poll_threads
 
 STREAM_CHUNK = 512  # time steps per forward call in stream mode; the state carries between calls
@@ -107,3 +108,114 @@ def _score_lines_batched(
         for index, part in zip(batch, nll.split(lengths)):
             results[index] = part
     return results  # type: ignore[return-value]
+
+
+def score_prefix_tree(model: RNNLanguageModel, sequences: Sequence[Sequence[int]], roots: Sequence[int],
+                      root_states: Hidden | None, eos_id: int, batch_size: int = 256) -> list[torch.Tensor]:
+    """Negative log-likelihood (nats) of every token of every sequence, each read after ``<eos>`` from the state of
+    its root: row ``roots[i]`` of ``root_states`` (a hidden state with one batch row per root), or a fresh state for
+    all when ``root_states`` is None.
+
+    Sequences with the same root that share a prefix share its scores: they are put in a prefix tree, whose chains
+    without branches are each read once, as one packed sequence from the state at the end of the chain above.
+    Chains at the same depth (in branch points) are batched, longest first. A token's score is the one reading its
+    sequence alone would give, up to fp32 rounding.
+    """
+    model.eval()
+    device = model.device
+    # the prefix tree: one node per distinct (root, prefix); nodes are numbered so that a parent precedes its children
+    parent_of: list[int] = []  # node -> its parent node, or -1 - root
+    token_of: list[int] = []
+    children: list[int] = []
+    index: dict[tuple[int, int], int] = {}
+    paths: list[list[int]] = []
+    for sequence, root in zip(sequences, roots):
+        parent, path = -1 - root, []
+        for token in sequence:
+            node = index.get((parent, token))
+            if node is None:
+                node = index[(parent, token)] = len(token_of)
+                parent_of.append(parent)
+                token_of.append(token)
+                children.append(0)
+                if parent >= 0:
+                    children[parent] += 1
+            path.append(node)
+            parent = node
+        paths.append(path)
+    # chains: a node continues its parent's chain when it is the parent's only child
+    chain_of = [0] * len(token_of)
+    chains: list[list[int]] = []  # chain -> its nodes
+    chain_parent: list[int] = []  # chain -> the chain it continues from, or -1 - root
+    depth: list[int] = []
+    for node, parent in enumerate(parent_of):
+        if parent >= 0 and children[parent] == 1:
+            chain = chain_of[parent]
+            chains[chain].append(node)
+        else:
+            chain = len(chains)
+            above = chain_of[parent] if parent >= 0 else parent
+            chains.append([node])
+            chain_parent.append(above)
+            depth.append(depth[above] + 1 if above >= 0 else 0)
+        chain_of[node] = chain
+    nll = torch.empty(len(token_of))
+    states: dict[int, Hidden] = {}  # chain -> the state at its end, kept while chains below it wait
+    waiting = [0] * len(chains)  # chains still to read below each chain
+    for above in chain_parent:
+        if above >= 0:
+            waiting[above] += 1
+    levels: dict[int, list[int]] = {}
+    for chain, level in enumerate(depth):
+        levels.setdefault(level, []).append(chain)
+    with torch.inference_mode():
+        for level in sorted(levels):
+            ordered = sorted(levels[level], key=lambda chain: len(chains[chain]), reverse=True)
+            for first in range(0, len(ordered), batch_size):
+                poll_threads()
+                batch = ordered[first : first + batch_size]
+                lengths = [len(chains[chain]) for chain in batch]
+                ids = np.full((len(batch), lengths[0]), eos_id, dtype=np.int64)
+                targets = np.full((len(batch), lengths[0]), eos_id, dtype=np.int64)
+                for row, chain in enumerate(batch):
+                    nodes = chains[chain]
+                    above = chain_parent[chain]
+                    tokens = [token_of[node] for node in nodes]
+                    targets[row, : len(nodes)] = tokens
+                    ids[row, 0] = token_of[chains[above][-1]] if above >= 0 else eos_id
+                    ids[row, 1 : len(nodes)] = tokens[:-1]
+                hidden = _start_states(model, batch, chain_parent, states, root_states, device)
+                length_tensor = torch.tensor(lengths)
+                features, hidden = model.packed_features(torch.from_numpy(ids).to(device), length_tensor, hidden)
+                mask = (torch.arange(lengths[0])[None, :] < length_tensor[:, None]).to(device)
+                scores = model.token_nll(features[mask], torch.from_numpy(targets).to(device)[mask]).cpu()
+                nodes = torch.tensor([node for chain in batch for node in chains[chain]])
+                nll[nodes] = scores
+                for row, chain in enumerate(batch):
+                    if waiting[chain]:
+                        states[chain] = select_rows(hidden, torch.tensor([row], device=device))
+                    above = chain_parent[chain]
+                    if above >= 0:
+                        waiting[above] -= 1
+                        if not waiting[above]:
+                            del states[above]
+    return [nll[path] for path in paths]
+
+
+def _start_states(model: RNNLanguageModel, batch: list[int], chain_parent: list[int], states: dict[int, Hidden],
+                  root_states: Hidden | None, device: torch.device) -> Hidden | None:
+    """The state each chain of ``batch`` starts from: the end of the chain above it, or its root's."""
+    if root_states is None and all(chain_parent[chain] < 0 for chain in batch):
+        return None
+    rows = []
+    for chain in batch:
+        above = chain_parent[chain]
+        if above >= 0:
+            rows.append(states[above])
+        elif root_states is None:
+            rows.append(model.init_hidden(1, device))
+        else:
+            rows.append(select_rows(root_states, torch.tensor([-1 - above], device=device)))
+    if isinstance(rows[0], tuple):
+        return tuple(torch.cat([row[part] for row in rows], dim=1) for part in range(len(rows[0])))
+    return torch.cat(rows, dim=1)

@@ -89,6 +89,7 @@ app = typer.Typer(
     "  rnnlm tokenize train.txt --valid valid.txt --test test.txt --out data\n"
     "  rnnlm train data --out model.pt\n"
     "  rnnlm eval model.pt test.txt\n"
+    "  rnnlm rescore model.pt nbest.txt --best\n"
     "  rnnlm sample model.pt --prompt 'the market'\n"
     "  rnnlm fill model.pt 'the market ___ sharply .'\n\n"
     "Run `rnnlm COMMAND --help` for a command's options and examples. Shell completion: "
@@ -169,9 +170,9 @@ def main_options(
 
 
 def _register() -> None:
-    from rnnlm_cli.cli.commands import demo, evaluate, fill, info, sample, tokenize, train, tune
+    from rnnlm_cli.cli.commands import demo, evaluate, fill, info, rescore, sample, tokenize, train, tune
 
-    for module in (tokenize, train, evaluate, tune, sample, fill, info, demo):
+    for module in (tokenize, train, evaluate, tune, rescore, sample, fill, info, demo):
         app.command(module.NAME, cls=Command)(handle_errors(module.command))
 
 

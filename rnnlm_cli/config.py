@@ -470,6 +470,7 @@ class RescoreConfig:
     context: str = "line"  # line: each hypothesis from a fresh state; utterance: after the previous 1-best
     units: str | None = None  # None: the format's own (rnnlm_cli.nbest.DEFAULT_UNITS)
     weights: RescoreWeights = field(default_factory=RescoreWeights)
+    word_map: str | None = None  # rules rewriting the words the model reads (rnnlm_cli.nbest.WordMap)
     ngram: NgramSettings | None = None
     batch_size: int = 256  # prefix chains read together; never changes the result
     precision: str = "fp32"

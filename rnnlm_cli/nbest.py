@@ -284,6 +284,41 @@ def format_utterance(nbest: NbestList, utterance: Utterance, order: Sequence[int
     return json.dumps(record, ensure_ascii=False)
 
 
+class WordMap:
+    """Rewrites of the words a model reads, from a file of rules ``WORD REPLACEMENT...``, one per line (``#``
+    starts a comment). The replacement may be several words, or none (the word is dropped). A replacement ending
+    in ``+`` joins: a run of words whose rules give the same joining replacement becomes one copy of it, so with
+    ``hundred N+`` and ``fifty N+``, "fifty hundred" gives one "N" (PTB writes numbers so)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.rules: dict[str, tuple[tuple[str, ...], bool]] = {}
+        for number, line in enumerate(iter_lines(path), start=1):
+            fields = line.split("#", 1)[0].split()
+            if not fields:
+                continue
+            word, replacement = fields[0], fields[1:]
+            joins = bool(replacement) and replacement[-1].endswith("+") and len(replacement[-1]) > 1
+            if joins:
+                replacement[-1] = replacement[-1][:-1]
+            if word in self.rules:
+                raise InputError(f"{display_name(path)}, line {number}: a second rule for {word!r}")
+            self.rules[word] = (tuple(replacement), joins)
+        if not self.rules:
+            raise InputError(f"{display_name(path)}: holds no rules (each line: WORD REPLACEMENT...)")
+
+    def apply(self, text: str) -> str:
+        out: list[str] = []
+        joining: tuple[str, ...] | None = None  # the joining replacement the last word gave, if any
+        for word in text.split():
+            replacement, joins = self.rules.get(word, ((word,), False))
+            if joins and replacement == joining:
+                continue
+            out.extend(replacement)
+            joining = replacement if joins else None
+        return " ".join(out)
+
+
 def read_refs(path: str) -> dict[str, str]:
     """References, ``uttid text`` per line (Kaldi's ``text`` file)."""
     refs: dict[str, str] = {}

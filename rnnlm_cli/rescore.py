@@ -40,7 +40,7 @@ from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import RescoreConfig, RescoreWeights
 from rnnlm_cli.errors import ConfigError, InputError
 from rnnlm_cli.model import RNNLanguageModel
-from rnnlm_cli.nbest import DEFAULT_UNITS, NbestList, read_nbest, read_refs
+from rnnlm_cli.nbest import DEFAULT_UNITS, NbestList, WordMap, read_nbest, read_refs
 from rnnlm_cli.runtime import autocast, configure_threads, keep_freed_memory, poll_threads, resolve_device
 from rnnlm_cli.scoring import score_prefix_tree
 
@@ -69,8 +69,8 @@ class RescoreResult:
     nbest: NbestList
     lm: np.ndarray  # the model's log-probability (in units), the n-gram mixed in when asked
     tokens: np.ndarray  # the model's tokens, end of sentence included
-    words: np.ndarray  # whitespace words
-    oov: np.ndarray  # words outside the model's vocabulary
+    words: np.ndarray  # whitespace words of the list's text
+    oov: np.ndarray  # words outside the model's vocabulary (of the text it read: after the word map)
     scores: np.ndarray  # (hypotheses, columns): the list's own scores
     rank: np.ndarray  # position within its utterance, 0 first
     offsets: np.ndarray  # utterance u holds hypotheses offsets[u] .. offsets[u + 1] - 1
@@ -105,6 +105,7 @@ def rescore(config: RescoreConfig, progress: bool = False) -> RescoreResult:
     """Read the list of ``config`` and score every hypothesis with the checkpoint."""
     nbest = read_nbest(config.nbest, config.format)
     config.weights.columns(len(nbest.score_names))  # a wrong number of --score-weight: before the model loads
+    word_map = WordMap(config.word_map) if config.word_map is not None else None
     device = resolve_device(config.device)
     keep_freed_memory()
     model, tokenizer, _ = load_for_inference(config.checkpoint, device)
@@ -116,7 +117,8 @@ def rescore(config: RescoreConfig, progress: bool = False) -> RescoreResult:
     units = config.units or DEFAULT_UNITS[nbest.format]
     per_unit = LN10 if units == "log10" else 1.0
     hyps = [hyp for utterance in nbest.utterances for hyp in utterance.hyps]
-    encoded = tokenizer.encode_many([hyp.text for hyp in hyps])
+    texts = [word_map.apply(hyp.text) if word_map else hyp.text for hyp in hyps]  # what the model reads
+    encoded = tokenizer.encode_many(texts)
     lines = [enc.ids + [tokenizer.eos_id] for enc in encoded]
     sizes = [len(utterance.hyps) for utterance in nbest.utterances]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -139,7 +141,7 @@ def rescore(config: RescoreConfig, progress: bool = False) -> RescoreResult:
             for index, scores in enumerate(nll, start=start):
                 scores = scores.double()
                 if ngram is not None:
-                    log_probs = torch.from_numpy(ngram.log_probs(tokenizer.surface(hyps[index].text)))
+                    log_probs = torch.from_numpy(ngram.log_probs(tokenizer.surface(texts[index])))
                     scores = mix(scores, log_probs, config.ngram.weight)
                 lm[index] = -float(scores.sum()) / per_unit
             bar.update(stop - start)
@@ -282,7 +284,7 @@ def tune_weights(result: RescoreResult, refs: References, base: RescoreWeights,
     scale = _lm_scale(result, features) if has_scores else 1.0
     axes: dict[str, _Axis] = {}
     if "lm_weight" not in fixed and has_scores:
-        axes["lm_weight"] = _Axis([scale * step for step in TUNE_LM_STEPS], geometric=True)
+        axes["lm_weight"] = _Axis([0.0, *(scale * step for step in TUNE_LM_STEPS)], geometric=True)
     if "word_penalty" not in fixed:
         axes["word_penalty"] = _Axis([nats * unit for nats in TUNE_WORD_NATS])
     if "oov_penalty" not in fixed and result.oov.any():
@@ -336,6 +338,8 @@ class _Axis:
         if len(values) < 2 or 0 < index < len(values) - 1:
             return False
         up = index == len(values) - 1
+        if not up and self.geometric and values[0] <= 0:  # nothing below a geometric grid's 0
+            return False
         if self.geometric:
             ratio = values[-1] / values[-2]
             more = [values[-1] * ratio**k for k in range(1, count + 1)] if up else \

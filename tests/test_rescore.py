@@ -330,3 +330,34 @@ def test_help_has_examples(cli):
     text = cli("rescore", "--help").stdout
     assert "Examples:" in text and "--tune" in text and "--best" in text
     assert "rescore" in cli("--help").stdout
+
+
+def test_a_word_map_rewrites_what_the_model_reads_and_nothing_else(cli, word_model, tmp_path):
+    from rnnlm_cli.nbest import WordMap
+
+    rules = tmp_path / "rules.map"
+    rules.write_text("# comment\nmister Sam\nfifty N+\nhundred N+   # trailing comment\numm\ngave gave+\n",
+                     encoding="utf-8")
+    word_map = WordMap(str(rules))
+    assert word_map.apply("mister umm fifty hundred fifty umm fifty") == "Sam N N"
+    assert word_map.apply("gave gave gave the") == "gave the"
+    listed = tmp_path / "list.kaldi"
+    listed.write_text("u-1 Yuki gave the umbrella to mister .\nu-2 Yuki gave umm the umbrella to Sam .\n",
+                      encoding="utf-8")
+    got = sorted(rescored(cli, word_model, listed, "--map", rules, "--units", "log10")[0]["hyps"],
+                 key=lambda hyp: hyp["rank"])
+    expected = eval_log10(cli, word_model, ["Yuki gave the umbrella to Sam ."] * 2, tmp_path)
+    assert [hyp["lm"] for hyp in got] == pytest.approx(expected, abs=1e-4)  # both read as the same sentence
+    assert [hyp["text"] for hyp in got] == ["Yuki gave the umbrella to mister .", "Yuki gave umm the umbrella to Sam ."]
+    assert [hyp["words"] for hyp in got] == [7, 8]  # the list's words
+    assert [hyp["oov"] for hyp in got] == [0, 0]  # counted after the map ("mister" alone would be one)
+    assert cli("rescore", word_model, listed, "--map", rules, "--best", "-q").stdout.splitlines()[0] == \
+        "u Yuki gave the umbrella to mister ."
+    # the shipped map for PTB models reads
+    shipped = WordMap(str(Path(__file__).resolve().parent.parent / "docs" / "maps" / "ptb-spoken.map"))
+    assert shipped.apply("mister smith paid nineteen eighty-seven dollars for five hundred shares") == \
+        "mr. smith paid N dollars for five N shares"
+    bad = tmp_path / "bad.map"
+    bad.write_text("a b\na c\n", encoding="utf-8")
+    result = cli("rescore", word_model, listed, "--map", bad, expect=1)
+    assert "bad.map, line 2: a second rule for 'a'" in result.stderr and result.stdout == ""

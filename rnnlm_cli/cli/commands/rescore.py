@@ -56,6 +56,12 @@ def command(
         show_default=False,
         help="The weight of one of the list's score columns, in order (srilm: acoustic, then lm); repeat once per "
              "column. [default: 1 each]")] = None,
+    word_map: Annotated[Optional[str], typer.Option(
+        "--map", metavar="FILE", show_default=False,
+        help="Rewrite the hypotheses' words before the model reads them, to fit its training text: one rule per "
+             "line, `WORD REPLACEMENT...` (no replacement drops the word; one ending in + joins a run, as "
+             "`hundred N+`). The list, its output and the WER keep the list's words; OOV words are counted after "
+             "the map. docs/maps/ptb-spoken.map fits spoken-style lists to PTB models.")] = None,
     ngram: Annotated[Optional[str], typer.Option(
         metavar="MODEL", show_default=False,
         help="Interpolate each token's probability with an n-gram model (ARPA or KenLM binary), as in rnnlm "
@@ -117,6 +123,7 @@ def command(
       rnnlm rescore ptb.pt dev.jsonl --tune
       rnnlm rescore ptb.pt test.jsonl --lm-weight 0.5 --report
       rnnlm rescore ptb.pt nbest-dir --format srilm --lm-weight 8 -o rescored-dir
+      rnnlm rescore ptb.pt asr.kaldi --map docs/maps/ptb-spoken.map --best
     """
     from rnnlm_cli.config import RescoreConfig
     from rnnlm_cli.errors import ConfigError
@@ -133,6 +140,7 @@ def command(
                              score_weights=tuple(score_weight) if score_weight else None)
     config = RescoreConfig(checkpoint=checkpoint, nbest=nbest, format=list_format.value if list_format else None,
                            context=context.value, units=units.value if units else None, weights=weights,
+                           word_map=word_map,
                            ngram=None if ngram is None else NgramSettings(ngram, *(
                                [] if ngram_weight is None else [ngram_weight])),
                            batch_size=batch_size, precision=precision.value, device=device.value, threads=threads)

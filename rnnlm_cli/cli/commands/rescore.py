@@ -8,9 +8,23 @@ from typing import Annotated, Optional
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import (CheckpointArg, Device, DeviceOpt, Precision, PrecisionOpt, QuietOpt, ThreadsOpt,
-                                   choices)
-from rnnlm_cli.config import NBEST_FORMATS, RESCORE_CONTEXTS, UNITS, NgramSettings, RescoreWeights
+from rnnlm_cli.cli.options import (
+    CheckpointArg,
+    Device,
+    DeviceOpt,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    ThreadsOpt,
+    choices,
+)
+from rnnlm_cli.config import (
+    NBEST_FORMATS,
+    RESCORE_CONTEXTS,
+    UNITS,
+    NgramSettings,
+    RescoreWeights,
+)
 
 NAME = "rescore"
 
@@ -18,6 +32,7 @@ NbestFormat = choices("NbestFormat", NBEST_FORMATS)
 RescoreContext = choices("RescoreContext", RESCORE_CONTEXTS)
 Units = choices("Units", UNITS)
 _WEIGHTS = RescoreWeights()
+TUNE_TABLE_ROWS = 12  # rows of the --tune table, at most (and the chosen value)
 
 
 def command(
@@ -273,12 +288,16 @@ def _print_tuning(result, outcome, found, json_output: bool) -> None:
         return
     console = output.stdout()
     primary = outcome.primary.replace("_", " ")
-    table = Table(caption=f"the lowest WER for each {primary}, the other weights at their best for it",
+    shown = "each" if len(outcome.by_value) <= TUNE_TABLE_ROWS else "some values of the"
+    table = Table(caption=f"the lowest WER for {shown} {primary}, the other weights at their best for it",
                   caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     for column in (primary, "WER %", "lm weight", "word penalty", "oov penalty", "rank weight"):
         table.add_column(column, justify="right")
     chosen = getattr(outcome.weights, outcome.primary)
-    for value, wer, weights in outcome.by_value:
+    step = -(-len(outcome.by_value) // TUNE_TABLE_ROWS)  # every step-th value (and the chosen one): a screenful
+    for index, (value, wer, weights) in enumerate(outcome.by_value):
+        if index % step and value != chosen:
+            continue
         table.add_row(f"{value:.4g}" + (" *" if value == chosen else ""), output.number(wer),
                       f"{weights.lm_weight:.4g}", f"{weights.word_penalty:.4g}", f"{weights.oov_penalty:.4g}",
                       f"{weights.rank_weight:.4g}")

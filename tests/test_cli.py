@@ -13,7 +13,7 @@ import pytest
 from rnnlm_cli import __version__
 from rnnlm_cli.cli.app import app
 
-COMMANDS = ["tokenize", "train", "eval", "tune", "sample", "fill", "info", "demo"]
+COMMANDS = ["tokenize", "train", "eval", "tune", "rescore", "sample", "fill", "info", "demo"]
 
 
 def test_help_lists_every_command_with_a_summary(cli):

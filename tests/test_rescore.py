@@ -235,6 +235,10 @@ def test_tuning_finds_planted_weights(cli, word_model, tmp_path):
     report = cli.json("rescore", word_model, path, "--report", "--lm-weight", str(weights["lm_weight"]),
                       "--word-penalty", str(weights["word_penalty"]), "-q")
     assert report["wer"][1]["errors"] == 0 and report["wer"][0]["errors"] > 0
+    # with -o the list goes to the file, reranked by the tuned weights: every reference first
+    out = tmp_path / "reranked.jsonl"
+    cli("rescore", word_model, path, "--tune", "-o", out, "-q")
+    assert [json.loads(line)["hyps"][0] for line in out.read_text().splitlines()] == [row["ref"] for row in rows]
     # a weight given as an option stays as given
     held = cli.json("rescore", word_model, path, "--tune", "--lm-weight", "2", "-q")
     assert held["weights"]["lm_weight"] == 2 and "lm_weight" not in held["tuned"]

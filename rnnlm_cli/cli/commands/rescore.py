@@ -39,7 +39,7 @@ def command(
     checkpoint: CheckpointArg,
     nbest: Annotated[str, typer.Argument(
         metavar="NBEST", show_default=False,
-        help="The n-best list: a file, a directory of SRILM *.score(.gz) files, or - for stdin.")],
+        help="The n-best list: a file, a directory of SRILM *.score(.gz) files, or `-` (stdin).")],
     list_format: Annotated[Optional[NbestFormat], typer.Option(
         "--format", show_default=False,
         help="kaldi: `UTTID-N words` lines (N the rank); srilm: SRILM's format 3, `acoustic_score lm_score "
@@ -112,7 +112,7 @@ def command(
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Rerank n-best lists with the model; word error rates with references.
+    """Rerank n-best lists with the model; WER against references.
 
     Each hypothesis gets the model's log-probability of its words and of the end
     of sentence after them, and a total:

@@ -471,6 +471,7 @@ class RescoreConfig:
     units: str | None = None  # None: the format's own (rnnlm_cli.nbest.DEFAULT_UNITS)
     weights: RescoreWeights = field(default_factory=RescoreWeights)
     word_map: str | None = None  # rules rewriting the words the model reads (rnnlm_cli.nbest.WordMap)
+    costs: tuple[str, ...] = ()  # files of Kaldi costs (UTTID-N cost), each a score column of a Kaldi list
     ngram: NgramSettings | None = None
     batch_size: int = 256  # prefix chains read together; never changes the result
     precision: str = "fp32"

@@ -284,6 +284,33 @@ def format_utterance(nbest: NbestList, utterance: Utterance, order: Sequence[int
     return json.dumps(record, ensure_ascii=False)
 
 
+def attach_costs(nbest: NbestList, paths: Sequence[str]) -> None:
+    """Add one score column per file of Kaldi costs (``UTTID-N cost`` lines, as ``nbest-to-linear`` writes
+    ``ac_cost`` and ``lm_cost``) to a Kaldi list: each column holds minus the cost, a natural-log score."""
+    if not paths:
+        return
+    if nbest.format != "kaldi":
+        raise InputError(f"--costs adds Kaldi's per-hypothesis costs (UTTID-N cost) to a Kaldi list, and this list "
+                         f"is {nbest.format}")
+    names = []
+    for path in paths:
+        costs: dict[str, float] = {}
+        for number, line in enumerate(iter_lines(path), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or not _is_number(fields[1]) or not math.isfinite(float(fields[1])):
+                raise InputError(f"{display_name(path)}, line {number}: not a Kaldi cost line (UTTID-N cost)")
+            costs[fields[0]] = float(fields[1])
+        for utterance in nbest.utterances:
+            for hyp in utterance.hyps:
+                if hyp.key not in costs:
+                    raise InputError(f"{display_name(path)}: no cost for {hyp.key} (line {hyp.line} of the list)")
+                hyp.scores = (*hyp.scores, -costs[hyp.key])
+        names.append(Path(path).name)
+    nbest.score_names = (*nbest.score_names, *names)
+
+
 class WordMap:
     """Rewrites of the words a model reads, from a file of rules ``WORD REPLACEMENT...``, one per line (``#``
     starts a comment). The replacement may be several words, or none (the word is dropped). A replacement ending

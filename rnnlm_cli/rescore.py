@@ -40,7 +40,7 @@ from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import RescoreConfig, RescoreWeights
 from rnnlm_cli.errors import ConfigError, InputError
 from rnnlm_cli.model import RNNLanguageModel
-from rnnlm_cli.nbest import DEFAULT_UNITS, NbestList, WordMap, read_nbest, read_refs
+from rnnlm_cli.nbest import DEFAULT_UNITS, NbestList, WordMap, attach_costs, read_nbest, read_refs
 from rnnlm_cli.runtime import autocast, configure_threads, keep_freed_memory, poll_threads, resolve_device
 from rnnlm_cli.scoring import score_prefix_tree
 
@@ -104,6 +104,7 @@ def _vector(weights: RescoreWeights) -> np.ndarray:
 def rescore(config: RescoreConfig, progress: bool = False) -> RescoreResult:
     """Read the list of ``config`` and score every hypothesis with the checkpoint."""
     nbest = read_nbest(config.nbest, config.format)
+    attach_costs(nbest, config.costs)
     config.weights.columns(len(nbest.score_names))  # a wrong number of --score-weight: before the model loads
     word_map = WordMap(config.word_map) if config.word_map is not None else None
     device = resolve_device(config.device)

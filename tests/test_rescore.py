@@ -365,3 +365,26 @@ def test_a_word_map_rewrites_what_the_model_reads_and_nothing_else(cli, word_mod
     bad.write_text("a b\na c\n", encoding="utf-8")
     result = cli("rescore", word_model, listed, "--map", bad, expect=1)
     assert "bad.map, line 2: a second rule for 'a'" in result.stderr and result.stdout == ""
+
+
+def test_kaldi_costs_become_score_columns(cli, word_model, lists, tmp_path):
+    keys = [f"{uid}-{rank}" for uid, hyps in UTTERANCES for rank in range(1, len(hyps) + 1)]
+    ac_cost, lm_cost = tmp_path / "ac_cost", tmp_path / "lm_cost"
+    ac_cost.write_text("".join(f"{key} {100 + 7 * index}\n" for index, key in enumerate(reversed(keys))))
+    lm_cost.write_text("".join(f"{key} {20.5 + index}\n" for index, key in enumerate(keys)))
+    got = rescored(cli, word_model, lists["kaldi"], "--costs", ac_cost, "--costs", lm_cost, "--score-weight", "0.1",
+                   "--score-weight", "0.5", "--lm-weight", "0.25")
+    index = {key: position for position, key in enumerate(keys)}
+    for utterance in got:
+        for hyp in utterance["hyps"]:
+            position = index[f"{utterance['id']}-{hyp['rank'] + 1}"]
+            ac, lm = 100 + 7 * (len(keys) - 1 - position), 20.5 + position
+            assert hyp["scores"] == [-ac, -lm]
+            assert hyp["total"] == pytest.approx(-0.1 * ac - 0.5 * lm + 0.25 * hyp["lm"], abs=1e-9)
+    lm_cost.write_text("utt1-1 3\n")
+    result = cli("rescore", word_model, lists["kaldi"], "--costs", lm_cost, expect=1)
+    assert "lm_cost: no cost for utt1-2 (line 2 of the list)" in result.stderr and result.stdout == ""
+    lm_cost.write_text("utt1-1 x\n")
+    assert "lm_cost, line 1: not a Kaldi cost line" in cli("rescore", word_model, lists["kaldi"], "--costs", lm_cost,
+                                                          expect=1).stderr
+    assert "--costs adds Kaldi" in cli("rescore", word_model, lists["jsonl"], "--costs", ac_cost, expect=1).stderr

@@ -71,6 +71,11 @@ def command(
         show_default=False,
         help="The weight of one of the list's score columns, in order (srilm: acoustic, then lm); repeat once per "
              "column. [default: 1 each]")] = None,
+    costs: Annotated[Optional[list[str]], typer.Option(
+        metavar="FILE", show_default=False,
+        help="Kaldi lists: a file of per-hypothesis costs, `UTTID-N cost` (as nbest-to-linear writes ac_cost and "
+             "lm_cost); each file is a score column holding minus the cost. Repeat for several; weight them with "
+             "--score-weight (an acoustic scale, say).")] = None,
     word_map: Annotated[Optional[str], typer.Option(
         "--map", metavar="FILE", show_default=False,
         help="Rewrite the hypotheses' words before the model reads them, to fit its training text: one rule per "
@@ -139,6 +144,8 @@ def command(
       rnnlm rescore ptb.pt test.jsonl --lm-weight 0.5 --report
       rnnlm rescore ptb.pt nbest-dir --format srilm --lm-weight 8 -o rescored-dir
       rnnlm rescore ptb.pt asr.kaldi --map docs/maps/ptb-spoken.map --best
+      rnnlm rescore ptb.pt nbest.txt --costs ac_cost --costs lm_cost \\
+          --score-weight 0.1 --score-weight 0.5 --lm-weight 0.5 --best
     """
     from rnnlm_cli.config import RescoreConfig
     from rnnlm_cli.errors import ConfigError
@@ -155,7 +162,7 @@ def command(
                              score_weights=tuple(score_weight) if score_weight else None)
     config = RescoreConfig(checkpoint=checkpoint, nbest=nbest, format=list_format.value if list_format else None,
                            context=context.value, units=units.value if units else None, weights=weights,
-                           word_map=word_map,
+                           word_map=word_map, costs=tuple(costs or ()),
                            ngram=None if ngram is None else NgramSettings(ngram, *(
                                [] if ngram_weight is None else [ngram_weight])),
                            batch_size=batch_size, precision=precision.value, device=device.value, threads=threads)

@@ -79,18 +79,9 @@ def speed(args) -> None:
         "rescore --context line": ["rescore", args.checkpoint, both, "--context", "line", "--json"],
         "rescore --context utterance": ["rescore", args.checkpoint, both, "--context", "utterance", "--json"],
     }
-    results = {"machine": machine(), "checkpoint": str(args.checkpoint), "hypotheses": len(hyps), "runs": []}
-    for precision in ("fp32", "bf16"):
-        times = {name: [] for name in runs}
-        for _ in range(args.repeats):
-            for name, command in runs.items():  # one after another, never two at once
-                seconds, _ = run_rnnlm(*command, "--precision", precision, "-q")
-                times[name].append(seconds)
-        for name in runs:
-            best = min(times[name])
-            results["runs"].append({"command": name, "precision": precision, "seconds": best,
-                                    "hyps_per_second": len(hyps) / best, "all_seconds": times[name]})
-            print(f"{precision} {name}: {best:.2f} s, {len(hyps) / best:,.0f} hyp/s", flush=True)
+    results = {"machine": machine(), "checkpoint": str(args.checkpoint), "hypotheses": len(hyps)}
+    results["runs"] = best_times({name: lambda precision, command=command: run_rnnlm(
+        *command, "--precision", precision, "-q")[0] for name, command in runs.items()}, len(hyps), args.repeats)
     # the scoring alone: the library calls behind both commands, in this process (start-up and import excluded)
     from rnnlm_cli.config import EvalConfig, RescoreConfig
     from rnnlm_cli.evaluate import iter_line_scores
@@ -104,19 +95,26 @@ def speed(args) -> None:
         "rescore --context utterance": lambda precision: rescore(RescoreConfig(
             str(args.checkpoint), str(both), context="utterance", precision=precision)),
     }
-    results["in_process"] = []
-    for precision in ("fp32", "bf16"):
-        times = {name: [] for name in calls}
-        for _ in range(args.repeats):
-            for name, call in calls.items():
-                seconds, _ = timed(call, precision)
-                times[name].append(seconds)
-        for name in calls:
-            best = min(times[name])
-            results["in_process"].append({"command": name, "precision": precision, "seconds": best,
-                                          "hyps_per_second": len(hyps) / best, "all_seconds": times[name]})
-            print(f"in-process {precision} {name}: {best:.2f} s, {len(hyps) / best:,.0f} hyp/s", flush=True)
+    results["in_process"] = best_times({name: lambda precision, call=call: timed(call, precision)[0]
+                                        for name, call in calls.items()}, len(hyps), args.repeats)
     (WORK / "speed.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+def best_times(runs: dict, hypotheses: int, repeats: int) -> list[dict]:
+    """Each run (a function of the precision giving its seconds) ``repeats`` times in fp32 and in bf16, the runs
+    one after another and never at once; the best time of each."""
+    rows = []
+    for precision in ("fp32", "bf16"):
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(repeats):
+            for name, run in runs.items():
+                times[name].append(run(precision))
+        for name in runs:
+            best = min(times[name])
+            rows.append({"command": name, "precision": precision, "seconds": best,
+                         "hyps_per_second": hypotheses / best, "all_seconds": times[name]})
+            print(f"{precision} {name}: {best:.2f} s, {hypotheses / best:,.0f} hyp/s", flush=True)
+    return rows
 
 
 def tune_then_report(checkpoint: Path, tune_on: Path, measure_on: Path, extra: list[str]) -> dict:

@@ -267,7 +267,8 @@ def _wer_table(rows, caption: str):
 
 
 def _summary(result, found) -> str:
-    return (f"{len(result.nbest.utterances) - found.missing:,} utterances with references, "
+    counted = len(result.nbest.utterances) - found.missing
+    return (f"{counted:,} utterance{'s' if counted != 1 else ''} with references, "
             f"{result.hypotheses:,} hypotheses; context {result.context}; units {result.units}; "
             f"OOV words {100 * _oov_rate(result):.2f}%")
 

@@ -310,7 +310,8 @@ def tune_weights(result: RescoreResult, refs: References, base: RescoreWeights,
         places = np.array(list(itertools.product(*(range(len(values)) for values in grid))), dtype=np.float64)
         middle = int(tied[int(np.argmin(((places[tied] - places[tied].mean(axis=0)) ** 2).sum(axis=1)))])
         spot = dict(zip(names, places[middle].astype(int)))
-        if not any(axes[name].extend(spot[name]) for name in axes):
+        grown = [axes[name].extend(spot[name]) for name in axes]  # every axis whose edge holds the best
+        if not any(grown):
             break
     weights = _weights(points[middle], base)
     outcome = TuneOutcome(weights, refs.rows(result, weights), tuple(axes), len(errors))

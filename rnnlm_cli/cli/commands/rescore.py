@@ -233,7 +233,7 @@ def _utterance_json(result, u: int, order: list[int], totals) -> dict:
     return {"id": utterance.id, "units": result.units, "best": utterance.hyps[order[0]].text, "hyps": hyps}
 
 
-def _weights_options(weights, units: str, columns: int) -> str:
+def _weights_options(weights, units: str) -> str:
     text = (f"--lm-weight {weights.lm_weight:.4g} --word-penalty {weights.word_penalty:.4g} "
             f"--oov-penalty {weights.oov_penalty:.4g} --rank-weight {weights.rank_weight:.4g}")
     if weights.score_weights is not None:
@@ -277,7 +277,7 @@ def _print_report(result, weights, rows, found, json_output: bool) -> None:
     if json_output:
         output.print_json(_report_document(result, weights, rows, found))
         return
-    caption = f"{_summary(result, found)}; weights: {_weights_options(weights, result.units, 0)}"
+    caption = f"{_summary(result, found)}; weights: {_weights_options(weights, result.units)}"
     output.stdout().print(_wer_table(rows, caption))
 
 
@@ -285,7 +285,7 @@ def _print_tuning(result, outcome, found, json_output: bool) -> None:
     from rich import box
     from rich.table import Table
 
-    options = _weights_options(outcome.weights, result.units, 0)
+    options = _weights_options(outcome.weights, result.units)
     if json_output:
         document = _report_document(result, outcome.weights, outcome.rows, found)
         document.update(tuned=list(outcome.tuned), points=outcome.points, options=options,

@@ -12,7 +12,7 @@ import logging
 import math
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any
 
@@ -39,9 +39,12 @@ class Sample:
     text: str  # the prompt followed by its continuation
     tokens: int  # tokens generated, the end-of-sentence token included when it ended the sample
     logprob: float  # natural-log probability of the generated tokens under the model (temperature 1)
+    ids: list[int] = field(default_factory=list, repr=False)  # the generated token ids (not in JSON)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        del values["ids"]
+        return values
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Generator:
         # without a seed each call samples anew; the seed drawn is kept, so that the call can be repeated
         self.seed = secrets.randbelow(2**31) if config.seed is None else config.seed
         self.random = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.constraint = utf8_constraint(self.tokenizer, self.device)  # byte pieces kept to valid UTF-8
         self._warned_oov = False
 
     @property
@@ -108,16 +112,17 @@ class Generator:
             logits, hidden = _prompt_states(self.model, tokenizer.eos_id, prompt_ids, self.per_prompt)
             if config.beam_size:
                 beams = _beam_search(self.model, tokenizer.eos_id, logits, hidden, config.beam_size,
-                                     config.max_tokens, self.stop_at_eos)
+                                     config.max_tokens, self.stop_at_eos, self.constraint)
                 rows = [(prompt, *hypothesis) for prompt, best in enumerate(beams) for hypothesis in best]
             else:
                 watcher = None
                 if on_text is not None:
                     watcher = _TextWatcher(lambda row, ids: text_of(row_prompts[row], ids), first_index, on_text)
                 generated = _sample(self.model, tokenizer.eos_id, logits, hidden, config, self.stop_at_eos,
-                                    self.random, watcher)
+                                    self.random, watcher, self.constraint)
                 rows = [(prompt, *row) for prompt, row in zip(row_prompts, generated)]
-        samples = [Sample(prompts[prompt], text_of(prompt, ids), len(ids), logprob) for prompt, ids, logprob in rows]
+        samples = [Sample(prompts[prompt], text_of(prompt, ids), len(ids), logprob, ids)
+                   for prompt, ids, logprob in rows]
         if on_text is not None and config.beam_size:  # beams change until the end: they are shown complete
             for offset, item in enumerate(samples):
                 on_text(first_index + offset, item.text, True)
@@ -177,6 +182,75 @@ def _prompt_states(model: RNNLanguageModel, eos_id: int, prompts: list[list[int]
     return model.logits(top).index_select(0, rows), select_rows(hidden, rows)
 
 
+# UTF-8 (RFC 3629): what a byte may be at the start of a character, and the range of the byte after a lead byte
+# (the later continuation bytes are 0x80-0xBF). Overlong forms (C0, C1, E0 80-9F, F0 80-8F), surrogates (ED A0-BF)
+# and code points above U+10FFFF (F4 90-BF, F5-FF) are never valid.
+_CONTINUATION = (0x80, 0xBF)
+
+
+def _utf8_lead(byte: int) -> tuple[int, tuple[int, int]] | None:
+    """For a byte that starts a character: the continuation bytes it needs and the first one's range; else None."""
+    if byte < 0x80:
+        return 0, _CONTINUATION
+    if 0xC2 <= byte <= 0xDF:
+        return 1, _CONTINUATION
+    if 0xE0 <= byte <= 0xEF:
+        return 2, {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F)}.get(byte, _CONTINUATION)
+    if 0xF0 <= byte <= 0xF4:
+        return 3, {0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}.get(byte, _CONTINUATION)
+    return None
+
+
+class Utf8Constraint:
+    """Keeps the byte pieces of a byte-fallback tokenizer to valid UTF-8, row by row.
+
+    Each row is either between characters or inside one, waiting for a number of continuation bytes in a known
+    range. Between characters, any piece that is not a byte may come, and so may a byte that is a character on its
+    own or a lead byte whose character fits in the tokens left (so no row ends inside a character, at the length
+    limit or at the end of sentence, which only comes between characters). Inside a character, only the
+    continuation bytes that can come next are allowed.
+    """
+
+    def __init__(self, byte_values: list[int], device: torch.device) -> None:
+        values = torch.tensor(byte_values, device=device)
+        self.byte_of = byte_values
+        self.not_byte = values < 0
+        # by_lead[k]: the bytes that start a character of k more bytes
+        self.by_lead = [torch.zeros_like(self.not_byte) for _ in range(4)]
+        for token, byte in enumerate(byte_values):
+            if byte >= 0 and (lead := _utf8_lead(byte)) is not None:
+                self.by_lead[lead[0]][token] = True
+        self.ranges: dict[tuple[int, int], torch.Tensor] = {}
+        for low, high in {_CONTINUATION, (0xA0, 0xBF), (0x80, 0x9F), (0x90, 0xBF), (0x80, 0x8F)}:
+            self.ranges[(low, high)] = (values >= low) & (values <= high)
+
+    def start(self, rows: int) -> list[tuple[int, tuple[int, int]]]:
+        """Every row between characters: (continuation bytes still due, the next one's range)."""
+        return [(0, _CONTINUATION)] * rows
+
+    def allowed(self, states: list[tuple[int, tuple[int, int]]], tokens_left: int) -> torch.Tensor:
+        """(R, V) booleans: the pieces each row may take next, with ``tokens_left`` tokens left (this one included)."""
+        between = self.not_byte | self.by_lead[0]
+        for extra in range(1, min(3, tokens_left - 1) + 1):
+            between = between | self.by_lead[extra]
+        return torch.stack([between if due == 0 else self.ranges[span] for due, span in states])
+
+    def advance(self, state: tuple[int, tuple[int, int]], token: int) -> tuple[int, tuple[int, int]]:
+        """A row's state after it took ``token``."""
+        byte = self.byte_of[token]
+        if byte < 0:
+            return 0, _CONTINUATION
+        if state[0]:
+            return state[0] - 1, _CONTINUATION
+        return _utf8_lead(byte) or (0, _CONTINUATION)
+
+
+def utf8_constraint(tokenizer: Tokenizer, device: torch.device) -> Utf8Constraint | None:
+    """The constraint for ``tokenizer``'s byte pieces, or None when it has none."""
+    values = tokenizer.byte_values()
+    return None if values is None else Utf8Constraint(values, device)
+
+
 class _TextWatcher:
     """Reports each growing sample's text to a callback, holding back an unfinished multi-byte character."""
 
@@ -203,15 +277,26 @@ class _TextWatcher:
 
 def _sample(model: RNNLanguageModel, eos_id: int, logits: torch.Tensor, hidden: Hidden, config: SampleConfig,
             stop_at_eos: bool, generator: torch.Generator,
-            watcher: _TextWatcher | None) -> list[tuple[list[int], float]]:
-    """Sample every row together: (new token ids, their total log-probability) per row."""
+            watcher: _TextWatcher | None, constraint: Utf8Constraint | None = None) -> list[tuple[list[int], float]]:
+    """Sample every row together: (new token ids, their total log-probability under the model) per row.
+
+    With a ``constraint`` the choice is among the pieces it allows, their probabilities renormalised (sampling
+    from the model given that the text stays valid UTF-8); the log-probability counted is still the model's own.
+    """
     rows = logits.shape[0]
     finished = torch.zeros(rows, dtype=torch.bool, device=logits.device)
     logprobs = torch.zeros(rows, dtype=torch.float64, device=logits.device)
     histories: list[list[int]] = [[] for _ in range(rows)]
+    states = constraint.start(rows) if constraint is not None else []
     for step in range(config.max_tokens):
         log_probs = F.log_softmax(logits.float(), dim=-1)  # (R, V)
-        token = choose_tokens(log_probs, config, generator)  # (R,)
+        choice = log_probs
+        if constraint is not None:
+            choice = log_probs.masked_fill(~constraint.allowed(states, config.max_tokens - step), -math.inf)
+            choice = choice - choice.logsumexp(dim=-1, keepdim=True)
+        token = choose_tokens(choice, config, generator)  # (R,)
+        if constraint is not None:
+            states = [constraint.advance(state, token_id) for state, token_id in zip(states, token.tolist())]
         logprobs += torch.where(finished, 0.0, log_probs.gather(1, token[:, None])[:, 0].double())
         done_before = finished.tolist()
         for row, token_id in enumerate(token.tolist()):
@@ -231,13 +316,15 @@ def _sample(model: RNNLanguageModel, eos_id: int, logits: torch.Tensor, hidden: 
 
 
 def _beam_search(model: RNNLanguageModel, eos_id: int, logits: torch.Tensor, hidden: Hidden, beam: int,
-                 max_tokens: int, stop_at_eos: bool) -> list[list[tuple[list[int], float]]]:
+                 max_tokens: int, stop_at_eos: bool, constraint: Utf8Constraint | None = None
+                 ) -> list[list[tuple[list[int], float]]]:
     """For each prompt, its ``beam`` most probable continuations, best first, as (token ids, log-probability).
 
     ``logits`` and ``hidden`` hold ``beam`` identical rows per prompt. Scores are plain sums of log-probabilities
     (no length normalisation). A hypothesis that predicts ``<eos>`` is complete (with ``stop_at_eos``); a prompt is
     done once it has ``beam`` complete ones that all score at least its best open one, since scores only fall as
-    hypotheses grow. Open hypotheses still running at ``max_tokens`` compete with the complete ones.
+    hypotheses grow. Open hypotheses still running at ``max_tokens`` compete with the complete ones. A
+    ``constraint`` rules out the continuations that would not be valid UTF-8 (scores stay the model's).
     """
     device = logits.device
     vocab_size = logits.shape[-1]
@@ -247,13 +334,18 @@ def _beam_search(model: RNNLanguageModel, eos_id: int, logits: torch.Tensor, hid
     histories: list[list[list[int]]] = [[[] for _ in range(beam)] for _ in range(prompts)]
     complete: list[list[tuple[list[int], float]]] = [[] for _ in range(prompts)]
     done = [False] * prompts
-    for _ in range(max_tokens):
-        log_probs = F.log_softmax(logits.float(), dim=-1).double().view(prompts, beam, vocab_size)
+    states = constraint.start(prompts * beam) if constraint is not None else []
+    for step in range(max_tokens):
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        if constraint is not None:
+            log_probs = log_probs.masked_fill(~constraint.allowed(states, max_tokens - step), -math.inf)
+        log_probs = log_probs.double().view(prompts, beam, vocab_size)
         candidates = (scores[:, :, None] + log_probs).view(prompts, beam * vocab_size)
         top_scores, top_index = candidates.topk(min(2 * beam, beam * vocab_size), dim=-1)  # (P, 2K)
         next_scores = torch.full((prompts, beam), -math.inf, dtype=torch.float64)
         sources = torch.zeros((prompts, beam), dtype=torch.long)
         tokens = torch.full((prompts, beam), eos_id, dtype=torch.long)
+        next_states = list(states)
         for prompt, (row_scores, row_index) in enumerate(zip(top_scores.tolist(), top_index.tolist())):
             if done[prompt]:
                 continue
@@ -268,13 +360,15 @@ def _beam_search(model: RNNLanguageModel, eos_id: int, logits: torch.Tensor, hid
                     continue
                 next_scores[prompt, len(live)], sources[prompt, len(live)] = score, source
                 tokens[prompt, len(live)] = token
+                if constraint is not None:
+                    next_states[prompt * beam + len(live)] = constraint.advance(states[prompt * beam + source], token)
                 live.append(ids)
             histories[prompt] = live + [[] for _ in range(beam - len(live))]
             finished_scores = sorted((score for _, score in complete[prompt]), reverse=True)
             if len(finished_scores) >= beam and (not live or next_scores[prompt, 0] <= finished_scores[beam - 1]):
                 done[prompt] = True
                 next_scores[prompt] = -math.inf
-        scores = next_scores.to(device)
+        scores, states = next_scores.to(device), next_states
         if all(done):
             break
         rows = (torch.arange(prompts)[:, None] * beam + sources).view(-1).to(device)

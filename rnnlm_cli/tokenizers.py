@@ -72,6 +72,11 @@ class Tokenizer(ABC):
     @abstractmethod
     def _decode_line(self, ids: Sequence[int]) -> str: ...
 
+    def byte_values(self) -> list[int] | None:
+        """For a tokenizer with byte pieces (sentencepiece's byte fallback): each id's byte, -1 for the ids that
+        are not bytes; None when no piece is a byte, so that every sequence of pieces is valid text."""
+        return None
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text for a run of ids; each end-of-sentence id becomes a line break."""
         lines: list[list[int]] = [[]]
@@ -241,6 +246,12 @@ class SentencePieceTokenizer(Tokenizer):
 
     def _decode_line(self, ids: Sequence[int]) -> str:
         return self._processor.decode(list(ids))
+
+    def byte_values(self) -> list[int] | None:
+        processor = self._processor  # byte pieces are named <0x00> ... <0xFF>
+        values = [int(processor.id_to_piece(token)[3:5], 16) if processor.is_byte(token) else -1
+                  for token in range(self.vocab_size)]
+        return values if any(value >= 0 for value in values) else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "lowercase": self.lowercase, "model": self.model}

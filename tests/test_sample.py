@@ -6,6 +6,7 @@ import json
 import math
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from rnnlm_cli.config import SampleConfig
 from rnnlm_cli.scoring import score_token_lines
 from rnnlm_cli.generate import Generator
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel
-from rnnlm_cli.tokenizers import WordTokenizer
+from rnnlm_cli.tokenizers import WordTokenizer, train_tokenizer
 
 
 def test_samples_are_deterministic_and_alone_on_stdout(cli, word_model):
@@ -229,3 +230,61 @@ def test_subword_sample_continues_japanese_without_spaces(cli, corpus, tmp_path)
 def test_sample_usage_errors(cli, word_model, options, message):
     result = cli("sample", word_model, *options, expect=2)
     assert result.stdout == "" and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def invalid_byte_model(corpus, tmp_path_factory) -> Path:
+    """A unigram (byte-fallback) model whose output prefers, whatever came before, bytes that cannot start or
+    continue a character (continuation bytes, C0, FF), then lead bytes of 2-4 byte characters, then the rest."""
+    path = tmp_path_factory.mktemp("bytes") / "bytes.pt"
+    tokenizer = train_tokenizer("unigram", corpus["train"].read_text(encoding="utf-8").splitlines(), 1000)
+    values = tokenizer.byte_values()
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, cell="gru", emb_size=8, hidden_size=8, layers=1, dropout=0)
+    torch.manual_seed(0)
+    model = RNNLanguageModel(config)
+    bias = torch.zeros(tokenizer.vocab_size)
+    for token, byte in enumerate(values):
+        if 0x80 <= byte <= 0xBF or byte in (0xC0, 0xC1, 0xF5, 0xFF):
+            bias[token] = 12.0
+        elif byte >= 0xC2:
+            bias[token] = 6.0 + (byte % 3)
+    with torch.no_grad():
+        model.decoder.weight.mul_(0.1)
+        model.decoder.bias.copy_(bias)
+    save_checkpoint(Checkpoint(config, model.state_dict(), tokenizer.to_dict()), path)
+    return path
+
+
+@pytest.mark.parametrize("options", [
+    ["-n", "4", "--seed", "1"], ["-n", "4", "--seed", "2", "--temperature", "2"], ["-n", "3", "--top-k", "5"],
+    ["-n", "3", "--top-p", "0.9", "--seed", "4"], ["--greedy"], ["--beam-size", "4"], ["-n", "3", "--stream"],
+])
+@pytest.mark.parametrize("max_tokens", ["1", "2", "3", "8", "40"])
+def test_byte_fallback_samples_are_valid_utf8_whatever_the_model_prefers(cli, invalid_byte_model, options,
+                                                                         max_tokens):
+    result = cli("sample", invalid_byte_model, "--prompt", "花は", "--max-tokens", max_tokens, *options)
+    text = result.stdout_bytes.decode("utf-8")  # strict: raises on invalid UTF-8
+    assert "\ufffd" not in text and text.count("花は") >= 1
+    assert len(text.replace("花は", "").strip()) >= 1  # something was generated: characters of 2-4 bytes
+
+
+def test_byte_fallback_log_probabilities_are_the_models_own(invalid_byte_model):
+    """The constraint changes which token is drawn, never the log-probability reported for it."""
+    checkpoint = invalid_byte_model
+    model, tokenizer, _ = load_for_inference(checkpoint)
+    # unconstrained, the model's first choice after the prompt is a byte no character starts with
+    prompt = tokenizer.encode("花は").ids
+    with torch.no_grad():
+        output, _ = model(torch.tensor([[tokenizer.eos_id, *prompt]]))
+    first = int(output[0, -1].argmax())
+    assert 0x80 <= tokenizer.byte_values()[first] <= 0xBF or tokenizer.byte_values()[first] >= 0xC0
+    for options in ({"num_samples": 3, "seed": 5}, {"greedy": True}, {"beam_size": 3}):
+        generator = Generator(SampleConfig(str(checkpoint), prompts=["花は"], max_tokens=9, **options))
+        for item in generator.samples(["花は"]):
+            assert item.ids and item.text.encode("utf-8").decode("utf-8") == item.text and "\ufffd" not in item.text
+            ids = torch.tensor([[tokenizer.eos_id, *prompt, *item.ids]])
+            with torch.no_grad():
+                output, _ = model(ids[:, :-1])
+            log_probs = torch.log_softmax(output[0, -len(item.ids):].double(), dim=-1)
+            expected = float(log_probs.gather(1, torch.tensor(item.ids)[:, None]).sum())
+            assert item.logprob == pytest.approx(expected, abs=1e-4)

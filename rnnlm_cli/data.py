@@ -104,7 +104,7 @@ def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
         train = _TrainingText(config.train, building, config.encoding_errors)
         tokenizer = train_tokenizer(
             config.kind, train.lines(), config.vocab_size, config.min_freq, config.lowercase,
-            config.character_coverage,
+            config.character_coverage, reread=lambda: train.reread(ByteTally()),
         )
         jobs = config.jobs or min(os.cpu_count() or 1, MAX_DEFAULT_JOBS)
         summary = _write_dataset(building, tokenizer, id_dtype(tokenizer.vocab_size), sources, train,

@@ -11,7 +11,7 @@ import io
 import logging
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,45 @@ DEFAULT_CHARACTER_COVERAGE = 0.9995
 # sentencepiece trains on at most this many lines, sampled uniformly from a bigger training text
 SENTENCEPIECE_SAMPLE_LINES = 1_000_000
 SENTENCEPIECE_SEED = 0
+# ids a sentencepiece model spends before any character: <unk>, <eos> and the 256 byte pieces of byte fallback
+SENTENCEPIECE_META_PIECES = 2 + 256
+# sentencepiece refuses a character_coverage below this; rnnlm then chooses the characters kept itself
+SENTENCEPIECE_MIN_COVERAGE = 0.98
+SPACE_SYMBOL = "\u2581"  # sentencepiece's "▁": a space, and the start of every line
+# sentencepiece leaves out longer lines (in UTF-8 bytes) when it trains; its default, 4192, would drop a long
+# paragraph of Japanese prose (about 1,400 characters)
+SENTENCEPIECE_MAX_LINE_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class CharacterPlan:
+    """Which characters a sentencepiece model keeps whole (the rest are spelled in UTF-8 bytes)."""
+
+    keep: frozenset[str] | None  # None: sentencepiece chooses them by ``coverage``
+    coverage: float  # the share of the sample's character occurrences kept whole
+    needed: int  # the vocabulary size that keeps the coverage asked for
+
+
+def plan_characters(counts: Counter[str], vocab_size: int, coverage: float) -> CharacterPlan:
+    """The characters to keep, as sentencepiece counts them: the most frequent first, while the share taken is below
+    ``coverage``. When those and the SENTENCEPIECE_META_PIECES do not fit in ``vocab_size``, the most frequent
+    characters that fit; below SENTENCEPIECE_MIN_COVERAGE, the characters themselves (sentencepiece takes none
+    lower)."""
+    ordered = counts.most_common()
+    total = sum(counts.values()) or 1
+    taken = required = 0
+    for _, count in ordered:
+        if taken / total >= coverage:
+            break
+        taken, required = taken + count, required + 1
+    needed = required + SENTENCEPIECE_META_PIECES
+    if needed <= vocab_size and coverage >= SENTENCEPIECE_MIN_COVERAGE:
+        return CharacterPlan(None, coverage, needed)
+    # the space symbol stays whatever its rank: sentencepiece puts one at the start of every line it reads
+    first = [(char, count) for char, count in ordered if char == SPACE_SYMBOL]
+    others = [(char, count) for char, count in ordered if char != SPACE_SYMBOL]
+    kept = first + others[: max(0, min(required, vocab_size - SENTENCEPIECE_META_PIECES) - len(first))]
+    return CharacterPlan(frozenset(char for char, _ in kept), sum(count for _, count in kept) / total, needed)
 
 
 @dataclass(frozen=True)
@@ -188,28 +227,68 @@ class SentencePieceTokenizer(Tokenizer):
         vocab_size: int | None,
         lowercase: bool,
         character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
+        reread: Callable[[], Iterable[str]] | None = None,
     ) -> SentencePieceTokenizer:
         """Train in memory: no model file is written anywhere.
 
         Text is taken as it is (no Unicode normalisation, spaces kept), so decoding gives back
-        exactly the text that was encoded.
+        exactly the text that was encoded. The text is read twice: ``lines`` to count its characters (and
+        choose those to keep, ``plan_characters``), then ``reread()`` for sentencepiece, which trains on a
+        uniform sample of SENTENCEPIECE_SAMPLE_LINES lines; without ``reread`` the lines are held in memory.
         """
         import sentencepiece
 
+        size = vocab_size or DEFAULT_SUBWORD_VOCAB
+        if size <= SENTENCEPIECE_META_PIECES:
+            raise ConfigError(f"--vocab-size {size} leaves no room for a {kind} model's pieces: <unk>, <eos> and the "
+                              f"256 byte pieces that spell rare characters take {SENTENCEPIECE_META_PIECES} ids; "
+                              f"give at least {SENTENCEPIECE_META_PIECES + 100}, or use --kind char")
+        if reread is None:
+            held = list(lines)
+            lines, reread = held, lambda: held
+
+        def text(source: Iterable[str]) -> Iterator[str]:
+            """The lines sentencepiece reads: lowercased if asked, without those it would leave out."""
+            for line in source:
+                if len(line.encode("utf-8")) <= SENTENCEPIECE_MAX_LINE_BYTES:
+                    yield line.lower() if lowercase else line
+
+        counts: Counter[str] = Counter()
+        starts = 0
+        for line in text(lines):
+            counts.update(line.replace(" ", SPACE_SYMBOL))
+            starts += 1
+        distinct = len(counts)  # the text's own characters (a space counted as one)
+        counts[SPACE_SYMBOL] += starts  # sentencepiece puts one before every line
+        plan = plan_characters(counts, size, character_coverage)
+        if plan.keep is not None:
+            if plan.needed > size:
+                log.warning(
+                    "the training text has %s distinct characters; keeping %.2f%% of its characters whole "
+                    "(--character-coverage %g) takes a vocabulary of %s (with <unk>, <eos> and 256 byte pieces), "
+                    "so with --vocab-size %s it keeps the %s most frequent (%.2f%% of the text) and spells the rest "
+                    "in UTF-8 bytes; give --vocab-size %s to keep them all", f"{distinct:,}",
+                    100 * character_coverage, character_coverage, f"{plan.needed:,}", f"{size:,}",
+                    f"{len(plan.keep):,}", 100 * plan.coverage, plan.needed)
+        keep = plan.keep
+        # sentencepiece keeps every character it sees at coverage 1: it sees only those to keep
+        sentences = text(reread()) if keep is None else (
+            "".join(char for char in line if char in keep or char == " ") for line in text(reread()))
         model = io.BytesIO()
         sentencepiece.set_random_generator_seed(SENTENCEPIECE_SEED)  # the same text gives the same model
         try:
             sentencepiece.SentencePieceTrainer.train(
-                sentence_iterator=(line.lower() for line in lines) if lowercase else iter(lines),
+                sentence_iterator=sentences,
                 model_writer=model,
                 model_type=kind,
-                vocab_size=vocab_size or DEFAULT_SUBWORD_VOCAB,
+                vocab_size=size,
                 # a soft limit: a small corpus gets a smaller vocabulary instead of an error
                 hard_vocab_limit=False,
                 # bounded memory on big corpora: train on a uniform sample of this many lines
                 input_sentence_size=SENTENCEPIECE_SAMPLE_LINES,
                 shuffle_input_sentence=True,
-                character_coverage=character_coverage,
+                character_coverage=1.0 if plan.keep is not None else character_coverage,
+                max_sentence_length=SENTENCEPIECE_MAX_LINE_BYTES,
                 byte_fallback=True,
                 normalization_rule_name="identity",
                 remove_extra_whitespaces=False,
@@ -265,6 +344,8 @@ def _first_line(error: Exception) -> str:
     """sentencepiece's message without its source-file prefix ("INTERNAL: src/x.cc(12) [check] ...")."""
     text = str(error).strip()
     line = text.splitlines()[-1] if text else type(error).__name__
+    if "required_chars" in line:  # rnnlm sizes the characters to the vocabulary, so this should not come
+        return "the vocabulary is too small for the characters to keep: raise --vocab-size"
     return line.split("] ", 1)[-1].replace("--character_coverage option", "--character-coverage")
 
 
@@ -275,11 +356,13 @@ def train_tokenizer(
     min_freq: int = 1,
     lowercase: bool = False,
     character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
+    reread: Callable[[], Iterable[str]] | None = None,
 ) -> Tokenizer:
     """Build a tokenizer of ``kind`` from training lines only, reading ``lines`` once.
 
     ``vocab_size`` counts every id, the special tokens included; ``None`` keeps every word or
-    character seen ``min_freq`` times, and means 8000 for sentencepiece.
+    character seen ``min_freq`` times, and means 8000 for sentencepiece. ``reread`` gives the lines again
+    (sentencepiece reads them twice; without it they are held in memory).
     """
     if vocab_size is not None and vocab_size < 3:
         raise ConfigError("--vocab-size must be at least 3 (<unk>, <eos> and one token)")
@@ -292,7 +375,7 @@ def train_tokenizer(
     if kind in ("bpe", "unigram"):
         if min_freq != 1:
             raise ConfigError("--min-freq applies to word and char tokenizers; sentencepiece uses --vocab-size")
-        return SentencePieceTokenizer.train(kind, lines, vocab_size, lowercase, character_coverage)
+        return SentencePieceTokenizer.train(kind, lines, vocab_size, lowercase, character_coverage, reread)
     raise ConfigError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 

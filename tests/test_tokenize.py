@@ -319,3 +319,52 @@ def test_encoding_with_several_processes_writes_the_same_dataset(cli, corpus, tm
     result = cli("tokenize", bad, "--out", tmp_path / "x", "--jobs", "2", expect=1)
     assert "line 301" in result.stderr and result.stderr.count("\n") == 1 and not (tmp_path / "x").exists()
     assert cli("tokenize", bad, "--out", tmp_path / "y", "--jobs", "0", expect=2).stdout == ""
+
+
+def _many_characters_text(path: Path, distinct: int = 1500, lines: int = 2000) -> list[str]:
+    """Japanese-like lines over ``distinct`` CJK characters with Zipf-like frequencies, no spaces."""
+    rng = np.random.default_rng(7)
+    alphabet = [chr(0x4E00 + i) for i in range(distinct)]
+    weights = 1.0 / np.arange(1, distinct + 1)
+    weights /= weights.sum()
+    text = ["".join(rng.choice(alphabet, size=int(rng.integers(10, 40)), p=weights)) + "。" for _ in range(lines)]
+    path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    return text
+
+
+@pytest.mark.parametrize("kind", ["unigram", "bpe"])
+def test_a_vocabulary_smaller_than_the_characters_keeps_the_most_frequent_and_says_so(cli, tmp_path, kind):
+    train = tmp_path / "ja.txt"
+    lines = _many_characters_text(train)
+    result = cli("tokenize", train, "--kind", kind, "--vocab-size", "1000", "--out", tmp_path / "d", "--json")
+    assert json.loads(result.stdout)["vocab_size"] <= 1000
+    warning = [line for line in result.stderr.splitlines() if "distinct characters" in line]
+    assert len(warning) == 1
+    distinct = len(set("".join(lines)))
+    assert f"has {distinct:,} distinct characters" in warning[0] and "--vocab-size" in warning[0]
+    needed = int(warning[0].rsplit("--vocab-size ", 1)[1].split()[0])
+    assert needed > 1000 + 258  # what keeping 99.95% of the characters would take
+    assert "sentencepiece" not in result.stderr and "character_coverage" not in result.stderr
+    tokenizer = Dataset(tmp_path / "d").tokenizer
+    assert all(tokenizer.decode(tokenizer.encode(line).ids) == line for line in lines[:200])
+    # the suggested size keeps them all, without a word on stderr
+    quiet = cli("tokenize", train, "--kind", kind, "--vocab-size", str(needed), "--out", tmp_path / "e", "-q")
+    assert "distinct characters" not in quiet.stderr
+
+
+def test_a_coverage_below_what_sentencepiece_takes_is_emulated(cli, tmp_path):
+    train = tmp_path / "ja.txt"
+    lines = _many_characters_text(train, distinct=600, lines=1500)
+    pieces = {}
+    for coverage in ("0.9", "1.0"):
+        out = tmp_path / coverage
+        result = cli("tokenize", train, "--kind", "unigram", "--vocab-size", "1000", "--character-coverage", coverage,
+                     "--out", out, "-q")
+        assert "distinct characters" not in result.stderr  # 600 characters fit in 1,000 pieces
+        tokenizer = Dataset(out).tokenizer
+        assert all(tokenizer.decode(tokenizer.encode(line).ids) == line for line in lines[:200])
+        pieces[coverage] = {tokenizer.piece(i) for i in range(tokenizer.vocab_size)
+                            if len(tokenizer.piece(i)) == 1 and "\u4e00" <= tokenizer.piece(i) <= "\u9fff"}
+    assert len(pieces["0.9"]) < len(pieces["1.0"])  # the rarest characters are left to bytes
+    too_small = cli("tokenize", train, "--kind", "bpe", "--vocab-size", "200", "--out", tmp_path / "f", expect=2)
+    assert "258 ids" in too_small.stderr and too_small.stdout == ""

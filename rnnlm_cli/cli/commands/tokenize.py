@@ -28,8 +28,10 @@ def command(
     min_freq: Annotated[int, typer.Option(min=1, help="word/char: units seen fewer times become `<unk>`.")] = 1,
     lowercase: Annotated[bool, typer.Option("--lowercase", help="Lowercase all text first.")] = False,
     character_coverage: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="bpe/unigram: share of characters kept as pieces; the rarest fall back to "
-                               "UTF-8 bytes. Suits Japanese and Chinese; use 1.0 for small alphabets.")
+        min=0.0, max=1.0, help="bpe/unigram: the share of the text's characters kept as pieces of their own; "
+                               "the rarest are spelled in UTF-8 bytes. Suits Japanese and Chinese; use 1.0 for "
+                               "small alphabets. When --vocab-size cannot hold the characters it asks for, the most "
+                               "frequent that fit are kept, with a note on stderr.")
     ] = DEFAULT_CHARACTER_COVERAGE,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace a dataset already in --out (the old one stays until the new one is complete).")

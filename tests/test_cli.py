@@ -192,6 +192,9 @@ def test_demo_runs_end_to_end(cli, tmp_path):
     assert len(samples) == 8
     for prompt, pair in zip(["Tom", "On Sunday ,", "太郎は", "日曜日に"], (samples[i:i + 2] for i in range(0, 8, 2))):
         assert all(line.startswith(prompt) for line in pair)
+    # the Japanese samples are Japanese: valid UTF-8, no replacement characters, longer than their prompts
+    assert result.stdout_bytes.decode("utf-8") == result.stdout and "\ufffd" not in result.stdout
+    assert all(len(line) > len("日曜日に") + 3 for line in samples[4:])
     assert (out / "demo.pt").exists() and (out / "demo.last.pt").exists() and (out / "demo-data" / "meta.json").exists()
     # each step's summary as soon as it is done: the dataset before training, the scores before the samples
     log = result.stderr

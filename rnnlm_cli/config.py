@@ -30,7 +30,7 @@ DEFAULT_CUTOFFS = (2000, 10000, 50000, 200000)
 # the model's settings (ModelConfig takes them, with the vocabulary size)
 ARCHITECTURE = ("cell", "emb_size", "hidden_size", "layers", "dropout", "tie_weights", "init_range",
                 "init_recurrent", "dropout_input", "dropout_hidden", "dropout_output", "variational", "word_dropout",
-                "softmax", "cutoffs", "direction")
+                "softmax", "cutoffs", "direction", "forget_bias")
 
 # Published recipes for word-level PTB. Zaremba et al. (2014) sum the loss over the bptt steps and
 # use lr 1 with clip 5 (10 for large); rnnlm averages the loss per token, so the same updates are
@@ -86,6 +86,10 @@ def check_architecture(settings: dict[str, Any]) -> None:
             f"(got {settings['emb_size']} and {settings['hidden_size']})"
         )
     _choice(settings.get("direction", "forward"), DIRECTIONS, "direction")
+    forget_bias = settings.get("forget_bias")
+    if forget_bias is not None and (settings["cell"] != "lstm" or not math.isfinite(forget_bias)):
+        raise ConfigError("--forget-bias sets an LSTM's forget gates (a finite number); this model's cell is "
+                          f"{settings['cell']}" if settings["cell"] != "lstm" else "--forget-bias must be finite")
     softmax, cutoffs = settings.get("softmax", "full"), settings.get("cutoffs")
     _choice(softmax, SOFTMAXES, "softmax")
     if softmax == "full" and cutoffs:
@@ -178,6 +182,7 @@ class TrainConfig:
     word_dropout: float = 0.0  # drop whole words (rows of the embedding matrix) per batch
     softmax: str = "full"  # full | adaptive (clusters of rarer words behind a small head: big vocabularies)
     cutoffs: list[int] | None = None  # adaptive: where the frequency-ordered vocabulary is cut (None: automatic)
+    forget_bias: float | None = None  # LSTM: the forget gates' bias at initialisation (None: PyTorch's random one)
     direction: str = "forward"  # forward | backward (right to left) | both (two stacks, shared embedding and softmax)
     optimizer: str = "sgd"  # sgd | adam | adamw
     lr: float | None = None  # None: 20 for sgd, 0.001 for adam(w) (filled in on construction)

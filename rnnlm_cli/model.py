@@ -59,6 +59,7 @@ class ModelConfig:
     softmax: str = "full"  # full | adaptive
     cutoffs: list[int] | None = None  # adaptive: ids below cutoffs[0] in the head, then one cluster per range
     direction: str = "forward"  # forward | backward | both
+    forget_bias: float | None = None  # LSTM: the forget gates' bias at initialisation (None: PyTorch's random one)
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1:
@@ -87,7 +88,10 @@ class ModelConfig:
         return pick[0], pick[1], pick[2]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        if values["forget_bias"] is None:  # checkpoints without it read as before, in any version of rnnlm
+            del values["forget_bias"]
+        return values
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -140,6 +144,13 @@ class RNNLanguageModel(nn.Module):
             for backward in self.config.readings():
                 for parameter in self.stack(backward).parameters():
                     nn.init.uniform_(parameter, -r, r)
+        if self.config.forget_bias is not None:  # gates i, f, g, o: the second quarter of each bias
+            hidden = self.config.hidden_size
+            with torch.no_grad():
+                for backward in self.config.readings():
+                    for name, parameter in self.stack(backward).named_parameters():
+                        if name.startswith("bias_"):
+                            parameter[hidden : 2 * hidden] = self.config.forget_bias if "ih" in name else 0.0
         if self.config.softmax == "adaptive":
             self.decoder.reset_parameters()  # PyTorch's own initialisation of the head and cluster projections
             return

@@ -66,7 +66,7 @@ PROBE_ROWS = 4
 
 # settings that shape the weights and the optimizer state; a resumed run cannot change them
 FIXED_ON_RESUME = ("cell", "emb_size", "hidden_size", "layers", "tie_weights", "init_range", "init_recurrent",
-                   "softmax", "cutoffs", "direction", "optimizer")
+                   "forget_bias", "softmax", "cutoffs", "direction", "optimizer")
 # settings of one invocation, not of the run: a resumed run starts from their defaults
 PER_INVOCATION = ("max_time", "device", "force", "threads")
 

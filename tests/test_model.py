@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rnnlm_cli.checkpoint import load_checkpoint
+from rnnlm_cli.errors import ConfigError
 from rnnlm_cli.lstm_cpu import lstm_layer
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel
 from rnnlm_cli.output_loss import linear_cross_entropy, linear_nll
@@ -239,3 +241,25 @@ def test_hidden_gradient_probe_shows_vanishing_and_exploding_gradients(gain):
     assert norms.shape == (11,)
     assert torch.allclose(norms[1:] / norms[:-1], torch.full((10,), gain), rtol=1e-4)
     assert model.training and all(p.grad is None for p in model.parameters())  # nothing left behind
+
+
+def test_forget_bias_starts_every_forget_gate_there_and_is_left_out_when_unset(cli, word_dataset, tmp_path):
+    config = ModelConfig(vocab_size=20, cell="lstm", emb_size=6, hidden_size=5, layers=2, direction="both",
+                         forget_bias=1.5)
+    model = RNNLanguageModel(config)
+    for backward in (False, True):
+        for name, parameter in model.stack(backward).named_parameters():
+            if name.startswith("bias_"):
+                forget = parameter[5:10].tolist()
+                assert forget == ([1.5] * 5 if "ih" in name else [0.0] * 5)
+                assert parameter[:5].abs().max() > 0  # the other gates keep PyTorch's random biases
+    assert ModelConfig.from_dict(config.to_dict()).forget_bias == 1.5
+    assert "forget_bias" not in ModelConfig(vocab_size=20).to_dict()  # checkpoints without it are as before
+    with pytest.raises(ConfigError, match="--forget-bias sets an LSTM"):
+        ModelConfig(vocab_size=20, cell="gru", forget_bias=1.0)
+    checkpoint = tmp_path / "f.pt"
+    cli("train", word_dataset, "--out", checkpoint, "--layers", "1", "--emb-size", "8", "--hidden-size", "8",
+        "--epochs", "1", "--forget-bias", "1", "-q")
+    assert load_checkpoint(checkpoint).model_config.forget_bias == 1.0
+    assert cli("train", word_dataset, "--out", tmp_path / "g.pt", "--cell", "gru", "--forget-bias", "1",
+               expect=2).stdout == ""

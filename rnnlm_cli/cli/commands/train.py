@@ -72,6 +72,11 @@ def command(
         "init_recurrent", "Draw the recurrent layers' weights and biases from [-R, R] too, as Zaremba et al. do; "
                           "off, they keep PyTorch's [-1/sqrt(hidden), 1/sqrt(hidden)].",
         "--init-recurrent/--no-init-recurrent", default="no")] = None,
+    forget_bias: Annotated[Optional[float], _option(
+        "forget_bias", "LSTM: start every forget gate's bias at X (1 is Jozefowicz et al.'s and TensorFlow's "
+                       "choice), so that the cells keep what they hold from the start: at PyTorch's random bias, "
+                       "near 0, half of a cell's content is lost at every step.", metavar="X",
+        default="PyTorch's random one")] = None,
     softmax: Annotated[Optional[Softmax], _option(
         "softmax", "Output layer. full: one softmax over the vocabulary; adaptive: frequent words in a small head, "
                    "rarer ones in clusters behind smaller projections (much faster for big vocabularies).")] = None,
@@ -172,7 +177,7 @@ def command(
         "cell": cell, "layers": layers, "emb_size": emb_size, "hidden_size": hidden_size, "dropout": dropout,
         "dropout_input": dropout_input, "dropout_hidden": dropout_hidden, "dropout_output": dropout_output,
         "variational": variational, "word_dropout": word_dropout, "tie_weights": tie_weights,
-        "init_range": init_range, "init_recurrent": init_recurrent, "softmax": softmax,
+        "init_range": init_range, "init_recurrent": init_recurrent, "forget_bias": forget_bias, "softmax": softmax,
         "cutoffs": parse_cutoffs(cutoffs) if cutoffs is not None else None, "direction": direction, "bptt": bptt,
         "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "clip": clip,
         "epochs": epochs, "schedule": schedule, "lr_decay": lr_decay, "decay_start": decay_start,

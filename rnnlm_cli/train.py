@@ -609,7 +609,7 @@ class _Trainer:
             raise CheckpointError(f"{path}: was trained on different text than {dataset.directory}'s train split")
         stored = {**checkpoint.model_config.to_dict(), "optimizer": checkpoint.train["config"]["optimizer"]}
         current = {**model.config.to_dict(), "optimizer": config.optimizer}  # automatic cutoffs resolved
-        changed = [name for name in FIXED_ON_RESUME if stored[name] != current[name]]
+        changed = [name for name in FIXED_ON_RESUME if stored.get(name) != current.get(name)]  # absent: unset
         if changed or stored["vocab_size"] != current["vocab_size"]:
             raise CheckpointError(f"{path}: its settings differ from this run's ({', '.join(changed) or 'vocab_size'})")
         model.load_state_dict(checkpoint.model_state)

@@ -261,5 +261,7 @@ def test_forget_bias_starts_every_forget_gate_there_and_is_left_out_when_unset(c
     cli("train", word_dataset, "--out", checkpoint, "--layers", "1", "--emb-size", "8", "--hidden-size", "8",
         "--epochs", "1", "--forget-bias", "1", "-q")
     assert load_checkpoint(checkpoint).model_config.forget_bias == 1.0
+    cli("train", word_dataset, "--resume", checkpoint, "--epochs", "2", "-q")  # a setting kept on resume
+    assert load_checkpoint(checkpoint).model_config.forget_bias == 1.0
     assert cli("train", word_dataset, "--out", tmp_path / "g.pt", "--cell", "gru", "--forget-bias", "1",
                expect=2).stdout == ""

@@ -94,7 +94,6 @@ class CorpusScore:
     tokens: int = 0  # model tokens scored, one end-of-sentence per line included
     oov: int = 0  # words (or characters) outside the vocabulary
     nll: float = 0.0  # total negative log-likelihood, nats
-    eos_nll: float = 0.0  # the part of nll spent on end-of-sentence tokens
     words: int = 0  # whitespace-separated words plus one end-of-line per line
     bytes: int = 0  # UTF-8 bytes of the text, one newline per line included
     backward_nll: float | None = None  # a biLM's right-to-left direction, line by line, on the same tokens
@@ -106,8 +105,9 @@ class CorpusScore:
 
     @property
     def ppl1(self) -> float:
-        """Perplexity per model token without the end-of-sentence tokens (SRILM's ppl1)."""
-        return _exp_ratio(self.nll - self.eos_nll, self.tokens - self.lines)
+        """SRILM's ppl1: the same total nll (end-of-sentence tokens included) per token other than the ends of
+        sentence, exp(nll / (tokens - lines)); SRILM's ppl1 = 10^(-logprob / (words - OOVs))."""
+        return _exp_ratio(self.nll, self.tokens - self.lines)
 
     @property
     def word_ppl(self) -> float:
@@ -132,14 +132,13 @@ class CorpusScore:
         self.tokens += line.tokens
         self.oov += line.oov
         self.nll += line.nll
-        self.eos_nll += float(line.token_nll[-1])
         self.words += line.words
         self.bytes += line.bytes
         if line.backward_nll is not None:
             self.backward_nll = (self.backward_nll or 0.0) + line.backward_nll
 
     def add(self, other: CorpusScore) -> None:
-        for name in ("lines", "tokens", "oov", "nll", "eos_nll", "words", "bytes"):
+        for name in ("lines", "tokens", "oov", "nll", "words", "bytes"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         if other.backward_nll is not None:
             self.backward_nll = (self.backward_nll or 0.0) + other.backward_nll

@@ -108,7 +108,8 @@ def command(
 
     Scores one or more files (or stdin), per file and in total, or per line or token.
     Every token is scored, the end-of-sentence token at each line end included (ppl); ppl1
-    leaves it out, as in SRILM. Words outside the vocabulary are scored as `<unk>` and counted
+    divides the same total by the tokens other than the ends of sentence, as SRILM does.
+    Words outside the vocabulary are scored as `<unk>` and counted
     (OOV), unless --exclude-oov. word ppl and bits/byte compare models with different tokenizers
     on the same text. stdout carries only results.
 
@@ -222,7 +223,8 @@ def _table(result):
 
     folder, names = output.shared_folder([score.name for score in result.files])
     caption = (f"{'folder ' + folder + '; ' if folder else ''}context: {result.context}; {result.oov_convention}; "
-               f"ppl counts the end-of-sentence token, ppl1 leaves it out; precision {result.precision}")
+               f"ppl per token, end-of-sentence tokens included; ppl1 (SRILM's) the same total per token "
+               f"without them; precision {result.precision}")
     adapted = describe_adaptations(result.adaptations)
     if adapted:
         caption += f"; adapted: {adapted}"

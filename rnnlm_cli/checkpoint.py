@@ -46,15 +46,26 @@ class Checkpoint:
         return tokenizer_from_dict(self.tokenizer)
 
     def build_model(self, device: torch.device | str = "cpu") -> RNNLanguageModel:
-        """The model with its weights, in eval mode; fails clearly when weights and config disagree."""
+        """The model with its weights, in eval mode; fails clearly when weights and config disagree.
+
+        The model's shape is first built on the meta device (no memory) and compared entry by entry with the
+        stored tensors, so a config that does not match its weights is refused before anything is allocated.
+        """
+        with torch.device("meta"):
+            template = RNNLanguageModel(self.model_config).state_dict()
+        for name, expected in template.items():
+            stored = self.model_state.get(name)
+            if stored is None:
+                raise CheckpointError(f"the checkpoint's weights lack model[{name!r}], which its model config needs")
+            if tuple(stored.shape) != tuple(expected.shape):
+                raise CheckpointError(f"the checkpoint's model[{name!r}] has shape {tuple(stored.shape)}, and its "
+                                      f"model config needs {tuple(expected.shape)}")
+        extra = sorted(set(self.model_state) - set(template))
+        if extra:
+            raise CheckpointError(f"the checkpoint's weights hold model[{extra[0]!r}], which its model config has no "
+                                  f"place for")
         model = RNNLanguageModel(self.model_config)
-        try:
-            model.load_state_dict(self.model_state, strict=True)
-        except (RuntimeError, KeyError) as error:
-            detail = str(error).strip().splitlines()
-            raise CheckpointError(
-                "the checkpoint's weights do not match its model config: " + " ".join(detail[:2])
-            ) from None
+        model.load_state_dict(self.model_state, strict=True)
         return model.to(device).eval()
 
     @property
@@ -186,6 +197,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: torch.device | s
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an rnnlm checkpoint (no format marker {FORMAT!r})")
+    _check_entries(raw, path)
     raw = _upgrade(raw, path)
     try:
         return Checkpoint(
@@ -200,6 +212,58 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: torch.device | s
         raise CheckpointError(f"{path}: incomplete checkpoint (no {error} entry)") from None
     except RnnlmError as error:
         raise CheckpointError(f"{path}: bad model config: {error}") from None
+
+
+_INT_SETTINGS = ("vocab_size", "emb_size", "hidden_size", "layers")
+_NUMBER_SETTINGS = ("dropout", "init_range", "word_dropout", "dropout_input", "dropout_hidden", "dropout_output",
+                    "forget_bias")
+_TEXT_SETTINGS = ("cell", "softmax", "direction")
+_FLAG_SETTINGS = ("tie_weights", "init_recurrent", "variational")
+_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def _check_entries(raw: dict[str, Any], path: Path) -> None:
+    """Judge a file before anything is built from it: every entry of the expected kind, the model's settings of the
+    right types, and its declared sizes those of the stored tensors (so that a file cannot make rnnlm build a
+    model bigger than the weights it holds)."""
+    for name in ("model_config", "model", "tokenizer"):
+        if name not in raw:
+            raise CheckpointError(f"{path}: incomplete checkpoint (no {name!r} entry)")
+    for name in ("model_config", "tokenizer", "train", "data", "versions"):
+        if raw.get(name) is not None and not isinstance(raw[name], dict):
+            raise CheckpointError(f"{path}: its {name!r} entry is a {type(raw[name]).__name__}, not a table")
+    state = raw["model"]
+    if not isinstance(state, dict) or not all(isinstance(key, str) and isinstance(value, torch.Tensor)
+                                              for key, value in state.items()):
+        raise CheckpointError(f"{path}: its 'model' entry is not a table of named tensors")
+    config = raw["model_config"]
+    for name, value in config.items():
+        wrong = (name in _INT_SETTINGS and (isinstance(value, bool) or not isinstance(value, int))
+                 or name in _NUMBER_SETTINGS and value is not None and (isinstance(value, bool)
+                                                                        or not isinstance(value, (int, float)))
+                 or name in _TEXT_SETTINGS and not isinstance(value, str)
+                 or name in _FLAG_SETTINGS and not isinstance(value, bool)
+                 or name == "cutoffs" and value is not None and not (
+                     isinstance(value, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in value)))
+        if wrong:
+            raise CheckpointError(f"{path}: model_config[{name!r}] is {value!r}, not a valid setting")
+    sizes = {name: config.get(name) for name in _INT_SETTINGS}
+    embedding = state.get("embedding.weight")
+    if embedding is None or embedding.dim() != 2:
+        raise CheckpointError(f"{path}: its weights have no model['embedding.weight'] matrix")
+    if tuple(embedding.shape) != (sizes["vocab_size"], sizes["emb_size"]):
+        raise CheckpointError(f"{path}: model_config says vocab_size {sizes['vocab_size']} and emb_size "
+                              f"{sizes['emb_size']}, and model['embedding.weight'] is {tuple(embedding.shape)}")
+    stored_layers = sum(1 for key in state if key.startswith("rnn.weight_ih_l") and key[15:].isdigit())
+    if sizes["layers"] != stored_layers:
+        raise CheckpointError(f"{path}: model_config says {sizes['layers']} layers, and its weights hold "
+                              f"{stored_layers}")
+    recurrent = state.get("rnn.weight_hh_l0")
+    gates = _GATES.get(config.get("cell", "lstm"), 1)
+    if recurrent is None or tuple(recurrent.shape) != (gates * sizes["hidden_size"], sizes["hidden_size"]):
+        raise CheckpointError(f"{path}: model_config says hidden_size {sizes['hidden_size']}, and "
+                              f"model['rnn.weight_hh_l0'] is "
+                              f"{None if recurrent is None else tuple(recurrent.shape)}")
 
 
 def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -234,7 +298,11 @@ def load_for_inference(
             f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model "
             f"{checkpoint.model_config.vocab_size}"
         )
-    return checkpoint.build_model(device), tokenizer, checkpoint
+    try:
+        model = checkpoint.build_model(device)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    return model, tokenizer, checkpoint
 
 
 @dataclass

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from rnnlm_cli.adapt import AdaptedScorer, adapted_precision, open_ngram, rms_statistics
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import EvalConfig
-from rnnlm_cli.errors import ConfigError, InputError
+from rnnlm_cli.errors import CheckpointError, ConfigError, InputError
 from rnnlm_cli.runtime import autocast, configure_threads, keep_freed_memory, resolve_device
 from rnnlm_cli.scoring import score_lines_backward, score_stream_lines, score_token_lines
 from rnnlm_cli.textio import STDIN, display_name, iter_lines, read_path_list
@@ -305,6 +305,12 @@ class Scorer:
                     nll: torch.Tensor, pieces: bool, backward: torch.Tensor | None = None) -> LineScore:
         token_nll = nll.double().numpy()
         backward_nll = None if backward is None else backward.double().numpy()
+        for scores in (token_nll, backward_nll):  # NaN marks excluded tokens below: a model's own NaN is an error
+            if scores is not None and not np.isfinite(scores).all():
+                position = int(np.flatnonzero(~np.isfinite(scores))[0])
+                token = [*self.tokenizer.surface(text), self.tokenizer.piece(self.tokenizer.eos_id)][position]
+                raise CheckpointError(f"{self.config.checkpoint}: the model gives token {position + 1} ({token!r}) of "
+                                      f"{name}, line {number} a score of {scores[position]} (its weights are broken)")
         words = len(text.split()) + 1
         if self.config.exclude_oov and oov_positions:
             for scores in (token_nll, backward_nll):

@@ -38,11 +38,12 @@ from tqdm import tqdm
 from rnnlm_cli.adapt import mix, open_ngram
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import RescoreConfig, RescoreWeights
-from rnnlm_cli.errors import ConfigError, InputError
+from rnnlm_cli.errors import CheckpointError, ConfigError, InputError
 from rnnlm_cli.model import RNNLanguageModel
 from rnnlm_cli.nbest import DEFAULT_UNITS, NbestList, WordMap, attach_costs, read_nbest, read_refs
 from rnnlm_cli.runtime import autocast, configure_threads, keep_freed_memory, poll_threads, resolve_device
 from rnnlm_cli.scoring import score_prefix_tree
+from rnnlm_cli.textio import display_name
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,10 @@ def rescore(config: RescoreConfig, progress: bool = False) -> RescoreResult:
                     log_probs = torch.from_numpy(ngram.log_probs(tokenizer.surface(texts[index])))
                     scores = mix(scores, log_probs, config.ngram.weight)
                 lm[index] = -float(scores.sum()) / per_unit
+                if not math.isfinite(lm[index]):
+                    hyp = hyps[index]
+                    raise CheckpointError(f"{config.checkpoint}: the model scores the hypothesis on line {hyp.line} "
+                                          f"of {display_name(config.nbest)} as {lm[index]} (its weights are broken)")
             bar.update(stop - start)
     width = len(nbest.score_names)
     scores = np.array([hyp.scores for hyp in hyps], dtype=np.float64).reshape(len(hyps), width)

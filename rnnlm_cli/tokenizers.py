@@ -390,8 +390,11 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
             return CharTokenizer(list(data["tokens"]), lowercase)
         if kind in ("bpe", "unigram"):
             return SentencePieceTokenizer(kind, bytes(data["model"]), lowercase)
-    except (KeyError, TypeError) as error:
+    except KeyError as error:
         raise TokenizerError(f"incomplete tokenizer data (missing {error})") from None
-    except RuntimeError as error:
-        raise TokenizerError(f"unreadable sentencepiece model: {_first_line(error)}") from None
+    except (TypeError, ValueError):
+        raise TokenizerError("malformed tokenizer data (an entry of the wrong kind)") from None
+    except RuntimeError:
+        raise TokenizerError("its sentencepiece model does not parse (the bytes are damaged or not a model)"
+                             ) from None
     raise TokenizerError(f"unknown tokenizer kind {kind!r}")

@@ -107,7 +107,7 @@ def test_hostile_and_broken_files_give_one_line_and_exit_1(cli, word_model, tmp_
     expected = {evil: "refused to load", legacy_evil: "not a readable checkpoint", empty: "empty file",
                 truncated: "not a readable checkpoint", text: "not a readable checkpoint",
                 not_ours: "not an rnnlm checkpoint", newer: "newer than this rnnlm reads",
-                mismatched: "do not match its model config"}
+                mismatched: "model_config says hidden_size 25, and model['rnn.weight_hh_l0'] is (96, 24)"}
     for path, message in expected.items():
         for command in (["info", path], ["eval", path, "-"], ["sample", path], ["fill", path, "a ___ b"]):
             result = cli(*command, input="a b\n", expect=1)
@@ -115,6 +115,58 @@ def test_hostile_and_broken_files_give_one_line_and_exit_1(cli, word_model, tmp_
             assert message in result.stderr, (path, result.stderr)
             assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not marker.exists()
+
+
+def test_hostile_model_settings_are_refused_at_once_in_rnnlms_words(cli, word_model, tmp_path):
+    """Declared sizes are checked against the stored tensors before any model is built, and entries of the wrong
+    kind are named: nothing is allocated from a stranger's numbers, and no Python error reaches the user."""
+    import time
+
+    raw = torch.load(word_model, weights_only=True)
+    config, state = raw["model_config"], raw["model"]
+    cases = {
+        "layers": ({**raw, "model_config": {**config, "layers": 1_000_000}},
+                   "says 1000000 layers, and its weights hold 1"),
+        "hidden": ({**raw, "model_config": {**config, "hidden_size": 10**9}},
+                   "model_config says hidden_size 1000000000"),
+        "emb": ({**raw, "model_config": {**config, "emb_size": 10**9}}, "emb_size 1000000000, and model['embedding"),
+        "text": ({**raw, "model_config": {**config, "hidden_size": "24"}},
+                 "model_config['hidden_size'] is '24', not a"),
+        "float": ({**raw, "model_config": {**config, "hidden_size": 24.0}}, "model_config['hidden_size'] is 24.0"),
+        "state": ({**raw, "model": "weights"}, "its 'model' entry is not a table of named tensors"),
+        "train": ({**raw, "train": "a string"}, "its 'train' entry is a str, not a table"),
+        "tokens": ({**raw, "tokenizer": {"kind": "word", "tokens": 5}}, "malformed tokenizer data"),
+        "sp": ({**raw, "tokenizer": {"kind": "unigram", "model": b"garbage bytes"}}, "does not parse"),
+        "shape": ({**raw, "model": {**state, "decoder.bias": torch.zeros(3)}},
+                  "model['decoder.bias'] has shape (3,), and its model config needs"),
+        "extra": ({**raw, "model": {**state, "rnn.weight_ih_l7x": torch.zeros(1)}}, "has no place for"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(content, path)
+        for command in (["info", path], ["eval", path, "-"]):
+            began = time.monotonic()
+            result = cli(*command, input="a b\n", expect=1)
+            assert time.monotonic() - began < 10, name  # refused at once (generous: CI machines are shared)
+            assert result.stdout == "" and message in result.stderr, (name, result.stderr)
+            assert result.stderr.count("\n") == 1
+            assert not re.search(r"TypeError|AttributeError|RuntimeError|INTERNAL|\.cc\(|state_dict", result.stderr)
+
+
+def test_a_model_with_broken_weights_is_an_error_not_a_number(cli, word_model, tmp_path):
+    raw = torch.load(word_model, weights_only=True)
+    broken = tmp_path / "nan.pt"
+    state = {**raw["model"], "decoder.bias": torch.full_like(raw["model"]["decoder.bias"], float("nan"))}
+    torch.save({**raw, "model": state}, broken)
+    text = tmp_path / "t.txt"
+    text.write_text("Tom gave the book to Sam .\n", encoding="utf-8")
+    for context in ("stream", "line"):
+        result = cli("eval", broken, text, "--context", context, expect=1)
+        assert result.stdout == "" and "line 1 a score of nan (its weights are broken)" in result.stderr
+    nbest = tmp_path / "n.kaldi"
+    nbest.write_text("u-1 Tom gave the book\n", encoding="utf-8")
+    result = cli("rescore", broken, nbest, expect=1)
+    assert "scores the hypothesis on line 1" in result.stderr and result.stdout == ""
 
 
 def test_checkpoint_json_document_is_complete(cli, word_model):

@@ -49,7 +49,8 @@ def jsonl_text(scores: bool = True, refs: bool = True) -> str:
 
 
 def srilm_text(hyps: list[str]) -> str:
-    return "".join(f"{-100.0 - 3 * rank:g} {-20.5 + rank:g} {len(hyp.split())} {hyp}\n" for rank, hyp in enumerate(hyps))
+    return "".join(f"{-100.0 - 3 * rank:g} {-20.5 + rank:g} {len(hyp.split())} {hyp}\n"
+                   for rank, hyp in enumerate(hyps))
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ import logging
 import math
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -716,6 +717,9 @@ def _check_new_output(out: Path, force: bool) -> None:
                             f"with --resume {out}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        # a folder that exists but cannot take a file would only show at the first save, an epoch later
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.probe-"):
+            pass
     except OSError as error:
         raise TrainingError(f"{out}: cannot write there ({error.strerror or error})") from None
 

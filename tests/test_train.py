@@ -580,3 +580,12 @@ def test_resume_applies_a_changed_weight_decay_in_either_direction(cli, word_dat
             norms[decay] = sum(float(weight.norm()) ** 2 for weight in checkpoint.model_state.values())
         # the decay applied: weights pulled toward zero every step end up far smaller than without it
         assert norms[0.5] < 0.5 * norms[0.0]
+
+
+def test_an_output_folder_that_takes_no_file_is_refused_before_training(cli, word_dataset):
+    import time
+
+    began = time.monotonic()
+    result = cli("train", word_dataset, "--out", "/proc/self/model.pt", "--epochs", "50", expect=1)
+    assert "/proc/self/model.pt: cannot write there" in result.stderr and result.stdout == ""
+    assert "epoch" not in result.stderr and time.monotonic() - began < 30  # no epoch was trained first

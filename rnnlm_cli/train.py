@@ -30,14 +30,18 @@ and the schedule follows their mean.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -169,10 +173,50 @@ def train(config: TrainConfig, resume: str | Path | None = None, progress: bool 
     ``started`` is the ``time.monotonic()`` reading that the ``max_time`` budget and this process's seconds count
     from: by default this call; the CLI passes its command's start, so that the budget covers importing torch too.
     """
+    with _output_lock(Path(config.out), distributed.world_from_env().is_main):
+        try:
+            return _Trainer(config, resume, progress, started).run()
+        finally:
+            distributed.stop()
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path, take: bool) -> Iterator[None]:
+    """Hold an advisory lock on ``out`` (the file ``.NAME.lock`` beside it) while a run writes it, so that a second
+    run on the same output is refused instead of both reporting success with one model lost. The lock goes with the
+    process however it ends; the file is removed at the end of the run (or left by a killed one, to be reused)."""
     try:
-        return _Trainer(config, resume, progress, started).run()
-    finally:
-        distributed.stop()
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        yield
+        return
+    if not take or not out.parent.is_dir():  # the output checks report a folder that cannot be made
+        yield
+        return
+    lock_path = out.with_name(f".{out.name}.lock")
+    try:
+        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+    except OSError:
+        yield  # an output that cannot be written is reported by the output checks
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise TrainingError(f"{out}: another rnnlm train is writing it ({owner}); wait for it to end, or give "
+                                f"another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock_path.unlink()  # still held: a run that opens the old file now finds it locked
 
 
 class _Trainer:

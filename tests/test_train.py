@@ -589,3 +589,20 @@ def test_an_output_folder_that_takes_no_file_is_refused_before_training(cli, wor
     result = cli("train", word_dataset, "--out", "/proc/self/model.pt", "--epochs", "50", expect=1)
     assert "/proc/self/model.pt: cannot write there" in result.stderr and result.stdout == ""
     assert "epoch" not in result.stderr and time.monotonic() - began < 30  # no epoch was trained first
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes_it(cli, word_dataset, tmp_path):
+    import fcntl
+
+    out = tmp_path / "m.pt"
+    lock = tmp_path / ".m.pt.lock"
+    with open(lock, "w", encoding="utf-8") as held:  # stands for a run in progress
+        held.write("process 12345 on somewhere, since 2026-12-07 07:00:00\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = cli("train", word_dataset, "--out", out, "--epochs", "1", "--force", expect=1)
+        assert "another rnnlm train is writing it (process 12345 on somewhere" in result.stderr
+        assert result.stdout == "" and not out.exists()
+    cli("train", word_dataset, "--out", out, "--layers", "1", "--emb-size", "8", "--hidden-size", "8",
+        "--epochs", "1", "-q")  # the lock released: the run goes ahead
+    assert out.exists()

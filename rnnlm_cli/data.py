@@ -12,13 +12,17 @@ A dataset directory holds:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import math
 import multiprocessing
 import os
 import shutil
 import signal
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -34,6 +38,8 @@ from rnnlm_cli.config import TokenizeConfig
 from rnnlm_cli.errors import ConfigError, DatasetError, TokenizerError
 from rnnlm_cli.textio import STDIN, ByteTally, check_readable, display_name, iter_lines
 from rnnlm_cli.tokenizers import Tokenizer, tokenizer_from_dict, train_tokenizer
+
+log = logging.getLogger(__name__)
 
 DATASET_FORMAT = "rnnlm-dataset"
 DATASET_VERSION = 1
@@ -95,26 +101,69 @@ def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
     sources = {split: path for split, path in zip(SPLITS, (config.train, config.valid, config.test))
                if path is not None}
     _check_sources(sources)
+    _remove_dead_builders(out)
     building = out.with_name(f".{out.name}.building-{os.getpid()}")
     try:
         building.mkdir(parents=True)
     except OSError as error:
         raise DatasetError(f"{out}: cannot write the dataset there ({error.strerror or error})") from None
     try:
-        train = _TrainingText(config.train, building, config.encoding_errors)
-        tokenizer = train_tokenizer(
-            config.kind, train.lines(), config.vocab_size, config.min_freq, config.lowercase,
-            config.character_coverage, reread=lambda: train.reread(ByteTally()),
-        )
-        jobs = config.jobs or min(os.cpu_count() or 1, MAX_DEFAULT_JOBS)
-        summary = _write_dataset(building, tokenizer, id_dtype(tokenizer.vocab_size), sources, train,
-                                 config.encoding_errors, jobs)
-        summary.directory = str(out)
-        _move_into_place(building, out)
+        with _terminated_as_exit():
+            train = _TrainingText(config.train, building, config.encoding_errors)
+            tokenizer = train_tokenizer(
+                config.kind, train.lines(), config.vocab_size, config.min_freq, config.lowercase,
+                config.character_coverage, reread=lambda: train.reread(ByteTally()),
+            )
+            jobs = config.jobs or min(os.cpu_count() or 1, MAX_DEFAULT_JOBS)
+            summary = _write_dataset(building, tokenizer, id_dtype(tokenizer.vocab_size), sources, train,
+                                     config.encoding_errors, jobs)
+            summary.directory = str(out)
+            _move_into_place(building, out)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
     return summary
+
+
+@contextlib.contextmanager
+def _terminated_as_exit() -> Iterator[None]:
+    """SIGTERM (``timeout``, a job manager) ends the process with 143 through Python's exit, so that the half-built
+    dataset is removed and the workers are shut down on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame) -> None:
+        raise SystemExit(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_dead_builders(out: Path) -> None:
+    """Remove what a killed tokenize left beside ``out``: its building (or replaced) folders, named after the
+    process that made them, when that process is gone."""
+    if not out.parent.is_dir():
+        return
+    for leftover in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = leftover.name.rpartition("-")
+        if not kind.endswith((".building", ".replaced")) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+        log.info("removed %s, left by a tokenize that did not finish", leftover)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _check_sources(sources: dict[str, str]) -> None:
@@ -234,7 +283,7 @@ def _encoded_chunks(lines: Iterator[str], tokenizer: Tokenizer, dtype: np.dtype,
         return
     # fork on Linux, as PyTorch's DataLoader does: a spawned worker would re-run the caller's main script
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
-    pool = ProcessPoolExecutor(jobs, context, initializer=_start_worker, initargs=(tokenizer.to_dict(),))
+    pool = ProcessPoolExecutor(jobs, context, initializer=_start_worker, initargs=(tokenizer.to_dict(), os.getpid()))
     pending: deque[tuple[int, Future]] = deque()
     try:
         for chunk in chunks:
@@ -262,10 +311,35 @@ def _encode_chunk(tokenizer: Tokenizer, chunk: list[str], dtype: np.dtype) -> tu
 _worker_tokenizer: Tokenizer | None = None
 
 
-def _start_worker(tokenizer: dict[str, Any]) -> None:
+def _start_worker(tokenizer: dict[str, Any], parent: int) -> None:
     global _worker_tokenizer
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
+    _die_with(parent)
     _worker_tokenizer = tokenizer_from_dict(tokenizer)
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when ``parent`` ends, however it ends (kill -9 included): a worker left behind would hold
+    the caller's output pipe open. Linux kills it at once (PR_SET_PDEATHSIG); elsewhere a thread checks the
+    parent every second."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the parent died before the request took hold
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _encode_in_worker(chunk: list[str], dtype: np.dtype) -> tuple[np.ndarray, int]:

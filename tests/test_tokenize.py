@@ -368,3 +368,67 @@ def test_a_coverage_below_what_sentencepiece_takes_is_emulated(cli, tmp_path):
     assert len(pieces["0.9"]) < len(pieces["1.0"])  # the rarest characters are left to bytes
     too_small = cli("tokenize", train, "--kind", "bpe", "--vocab-size", "200", "--out", tmp_path / "f", expect=2)
     assert "258 ids" in too_small.stderr and too_small.stdout == ""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_encoding_workers_end_with_their_parent_even_after_kill_9(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = """
+import os, signal, multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from rnnlm_cli import data
+from rnnlm_cli.tokenizers import WordTokenizer
+tokenizer = WordTokenizer(["<unk>", "<eos>", "a"], False)
+pool = ProcessPoolExecutor(2, multiprocessing.get_context("fork"), initializer=data._start_worker,
+                           initargs=(tokenizer.to_dict(), os.getpid()))
+for future in [pool.submit(data._encode_in_worker, ["a a"], "uint16") for _ in range(4)]:
+    future.result()
+print(" ".join(str(pid) for pid in pool._processes), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    workers = [int(pid) for pid in result.stdout.split()]
+    assert len(workers) == 2 and result.returncode == -9
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(pid) for pid in workers)
+
+
+def test_sigterm_leaves_no_half_built_dataset_and_a_dead_builders_folder_is_removed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    train = tmp_path / "train.txt"
+    ids = np.random.default_rng(1).integers(0, 3000, size=(60_000, 8))
+    train.write_text("".join(" ".join(f"w{i}" for i in row) + "\n" for row in ids.tolist()), encoding="utf-8")
+    out = tmp_path / "d"
+    stale = tmp_path / ".d.building-999999999"  # a process id no system hands out: its builder is gone
+    stale.mkdir()
+    (stale / "train.ids").write_bytes(b"x" * 100)
+    process = subprocess.Popen([sys.executable, "-m", "rnnlm_cli", "tokenize", str(train), "--out", str(out),
+                                "--kind", "bpe", "--vocab-size", "2000", "-q"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(f".d.building-{process.pid}")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert not stale.exists()  # removed when the run started
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["train.txt"]  # nothing half-built left
+    assert os.path.exists(train)

@@ -26,7 +26,7 @@ from rnnlm_cli.model import ModelConfig, RNNLanguageModel
 from rnnlm_cli.tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT = "rnnlm-checkpoint"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # 1 -> 2: model_config gained dropout_input, dropout_hidden, dropout_output, variational and
 # word_dropout (training-only, with defaults); train gained precision.
 
@@ -281,6 +281,8 @@ def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     if raw["format_version"] == 2:  # trained in one process
         train = raw.get("train") or {}
         raw = {**raw, "format_version": 3, "train": {**train, "processes": 1} if train else train}
+    if raw["format_version"] == 3:  # version 4 only added the optional model_config entry forget_bias
+        raw = {**raw, "format_version": 4}
     return raw
 
 

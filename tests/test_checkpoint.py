@@ -192,5 +192,5 @@ def test_version_1_checkpoints_still_load(cli, word_model, corpus, tmp_path):
     torch.save(old, tmp_path / "v1.pt")
     assert cli.json("eval", tmp_path / "v1.pt", corpus["test"])["total"] == \
         cli.json("eval", word_model, corpus["test"])["total"]
-    assert cli.json("info", tmp_path / "v1.pt")["format_version"] == FORMAT_VERSION == 3
+    assert cli.json("info", tmp_path / "v1.pt")["format_version"] == FORMAT_VERSION == 4
     assert load_checkpoint(tmp_path / "v1.pt").train["processes"] == 1

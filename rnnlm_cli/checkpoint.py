@@ -8,6 +8,7 @@ describes every key. This module is the only place that calls ``torch.save`` or 
 from __future__ import annotations
 
 import glob
+import hashlib
 import math
 import os
 import pickle
@@ -86,6 +87,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Non
         "data": checkpoint.data,
         "versions": checkpoint.versions or current_versions(),
     }, {})
+    payload["weights_sha256"] = weights_digest(payload["model"])
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_temporaries(path)
@@ -100,6 +102,16 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Non
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every weight in name order: its name, dtype, shape and values (in row-major order)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _on_cpu(value: Any, seen: dict[tuple[int, tuple[int, ...]], torch.Tensor]) -> Any:
@@ -199,6 +211,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: torch.device | s
         raise CheckpointError(f"{path}: not an rnnlm checkpoint (no format marker {FORMAT!r})")
     _check_entries(raw, path)
     raw = _upgrade(raw, path)
+    stored_digest = raw.get("weights_sha256")  # version 4 files from rnnlm 0.1.0 on; older ones are not checked
+    if stored_digest is not None and stored_digest != weights_digest(raw["model"]):
+        raise CheckpointError(f"{path}: its weights do not match the checksum written with them (the file is "
+                              f"damaged)")
     try:
         return Checkpoint(
             model_config=ModelConfig.from_dict(raw["model_config"]),

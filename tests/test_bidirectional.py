@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from rnnlm_cli.checkpoint import load_checkpoint
+from rnnlm_cli.checkpoint import load_checkpoint, weights_digest
 
 TRAIN = [*TINY_MODEL, "--optimizer", "adam", "--lr", "0.01", "--precision", "fp32", "-q"]
 
@@ -29,7 +29,8 @@ def _one_direction(bilm_path, tmp_path, backward: bool):
         state.update({key.replace("rnn_backward.", "rnn."): value for key, value in raw["model"].items()
                       if key.startswith("rnn_backward.")})
     path = tmp_path / ("backward-as-forward.pt" if backward else "forward-only.pt")
-    torch.save({**raw, "model": state, "model_config": {**raw["model_config"], "direction": "forward"}}, path)
+    torch.save({**raw, "model": state, "model_config": {**raw["model_config"], "direction": "forward"},
+                "weights_sha256": weights_digest(state)}, path)  # new weights, their own checksum
     return path
 
 

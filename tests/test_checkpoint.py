@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from rnnlm_cli.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
+from rnnlm_cli.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint, weights_digest
 from rnnlm_cli.tokenizers import tokenizer_from_dict
 
 
@@ -123,6 +123,7 @@ def test_hostile_model_settings_are_refused_at_once_in_rnnlms_words(cli, word_mo
     import time
 
     raw = torch.load(word_model, weights_only=True)
+    del raw["weights_sha256"]  # hand-made files: their settings are what is judged
     config, state = raw["model_config"], raw["model"]
     cases = {
         "layers": ({**raw, "model_config": {**config, "layers": 1_000_000}},
@@ -157,7 +158,7 @@ def test_a_model_with_broken_weights_is_an_error_not_a_number(cli, word_model, t
     raw = torch.load(word_model, weights_only=True)
     broken = tmp_path / "nan.pt"
     state = {**raw["model"], "decoder.bias": torch.full_like(raw["model"]["decoder.bias"], float("nan"))}
-    torch.save({**raw, "model": state}, broken)
+    torch.save({**raw, "model": state, "weights_sha256": weights_digest(state)}, broken)  # trained into NaN
     text = tmp_path / "t.txt"
     text.write_text("Tom gave the book to Sam .\n", encoding="utf-8")
     for context in ("stream", "line"):
@@ -167,6 +168,22 @@ def test_a_model_with_broken_weights_is_an_error_not_a_number(cli, word_model, t
     nbest.write_text("u-1 Tom gave the book\n", encoding="utf-8")
     result = cli("rescore", broken, nbest, expect=1)
     assert "scores the hypothesis on line 1" in result.stderr and result.stdout == ""
+
+
+def test_damaged_weights_are_caught_by_their_checksum(cli, word_model, tmp_path):
+    raw = torch.load(word_model, weights_only=True)
+    assert raw["weights_sha256"] == weights_digest(raw["model"])
+    state = dict(raw["model"])
+    state["rnn.weight_hh_l0"] = state["rnn.weight_hh_l0"].clone()
+    state["rnn.weight_hh_l0"][3, 5] += 1e-3  # one value changed on disk, everything else intact
+    damaged = tmp_path / "damaged.pt"
+    torch.save({**raw, "model": state}, damaged)
+    for command in (["info", damaged], ["eval", damaged, "-"]):
+        result = cli(*command, input="a b\n", expect=1)
+        assert "its weights do not match the checksum written with them" in result.stderr and result.stdout == ""
+    legacy = tmp_path / "legacy.pt"  # files written before the checksum still load
+    torch.save({key: value for key, value in raw.items() if key != "weights_sha256"}, legacy)
+    assert cli.json("info", legacy)["parameters"] > 0
 
 
 def test_checkpoint_json_document_is_complete(cli, word_model):

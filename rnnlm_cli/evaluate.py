@@ -51,18 +51,26 @@ class LineScore:
 
     file: str  # the input's display name ("<stdin>" for -)
     line: int  # line number in that input, from 1
-    token_nll: np.ndarray  # nats per token, end-of-sentence last; NaN where an OOV token is not scored
+    token_nll: np.ndarray  # nats per token, end-of-sentence last (finite: a model's NaN is an error)
     oov_positions: tuple[int, ...]  # tokens whose word (or character) is outside the vocabulary
     words: int  # whitespace words plus one for the line end (OOV words left out when they are not scored)
     bytes: int  # UTF-8 bytes, the newline included
     pieces: list[str] | None = None  # the text of each token, end-of-sentence last, when asked for
     # a biLM's right-to-left scores of the same tokens, in the line's order (the line-start score last)
     backward_token_nll: np.ndarray | None = None
+    excluded: tuple[int, ...] = ()  # tokens left out of the sums and counts (--exclude-oov)
+
+    @property
+    def scored(self) -> np.ndarray:
+        """Which tokens count: all but the excluded ones."""
+        mask = np.ones(len(self.token_nll), dtype=bool)
+        mask[list(self.excluded)] = False
+        return mask
 
     @property
     def tokens(self) -> int:
         """Tokens scored (an excluded OOV token is not)."""
-        return int(np.count_nonzero(~np.isnan(self.token_nll)))
+        return len(self.token_nll) - len(self.excluded)
 
     @property
     def oov(self) -> int:
@@ -70,11 +78,11 @@ class LineScore:
 
     @property
     def nll(self) -> float:
-        return float(np.nansum(self.token_nll))
+        return float(self.token_nll[self.scored].sum())
 
     @property
     def backward_nll(self) -> float | None:
-        return None if self.backward_token_nll is None else float(np.nansum(self.backward_token_nll))
+        return None if self.backward_token_nll is None else float(self.backward_token_nll[self.scored].sum())
 
     @property
     def log10_prob(self) -> float:
@@ -305,22 +313,19 @@ class Scorer:
                     nll: torch.Tensor, pieces: bool, backward: torch.Tensor | None = None) -> LineScore:
         token_nll = nll.double().numpy()
         backward_nll = None if backward is None else backward.double().numpy()
-        for scores in (token_nll, backward_nll):  # NaN marks excluded tokens below: a model's own NaN is an error
+        for scores in (token_nll, backward_nll):  # a score that is not a number would vanish from no sum
             if scores is not None and not np.isfinite(scores).all():
                 position = int(np.flatnonzero(~np.isfinite(scores))[0])
                 token = [*self.tokenizer.surface(text), self.tokenizer.piece(self.tokenizer.eos_id)][position]
                 raise CheckpointError(f"{self.config.checkpoint}: the model gives token {position + 1} ({token!r}) of "
                                       f"{name}, line {number} a score of {scores[position]} (its weights are broken)")
         words = len(text.split()) + 1
-        if self.config.exclude_oov and oov_positions:
-            for scores in (token_nll, backward_nll):
-                if scores is not None:
-                    scores[list(oov_positions)] = np.nan
-            if self.tokenizer.kind == "word":
-                words -= len(oov_positions)
+        excluded = oov_positions if self.config.exclude_oov else ()
+        if excluded and self.tokenizer.kind == "word":
+            words -= len(excluded)
         return LineScore(name, number, token_nll, oov_positions, words, len(text.encode("utf-8")) + 1,
                          [*self.tokenizer.surface(text), self.tokenizer.piece(self.tokenizer.eos_id)]
-                         if pieces else None, backward_nll)
+                         if pieces else None, backward_nll, excluded)
 
 
 def build_adapter(config: EvalConfig, model, tokenizer, recorded_dataset: str | None, context: str,

@@ -206,8 +206,9 @@ def _line_row(scored) -> list:
 
 
 def _token_rows(scored) -> list[list]:
-    oov = set(scored.oov_positions)
-    return [[scored.file, scored.line, position + 1, piece, int(position in oov), _finite(-nll / math.log(10))]
+    oov, excluded = set(scored.oov_positions), set(scored.excluded)
+    return [[scored.file, scored.line, position + 1, piece, int(position in oov),
+             None if position in excluded else _finite(-nll / math.log(10))]
             for position, (piece, nll) in enumerate(zip(scored.pieces, scored.token_nll.tolist()))]
 
 

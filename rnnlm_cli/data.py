@@ -103,12 +103,12 @@ def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
     _check_sources(sources)
     _remove_dead_builders(out)
     building = out.with_name(f".{out.name}.building-{os.getpid()}")
-    try:
-        building.mkdir(parents=True)
-    except OSError as error:
-        raise DatasetError(f"{out}: cannot write the dataset there ({error.strerror or error})") from None
-    try:
-        with _terminated_as_exit():
+    with _terminated_as_exit():  # from before the folder exists: a SIGTERM at any point leaves none behind
+        try:
+            building.mkdir(parents=True)
+        except OSError as error:
+            raise DatasetError(f"{out}: cannot write the dataset there ({error.strerror or error})") from None
+        try:
             train = _TrainingText(config.train, building, config.encoding_errors)
             tokenizer = train_tokenizer(
                 config.kind, train.lines(), config.vocab_size, config.min_freq, config.lowercase,
@@ -119,9 +119,9 @@ def tokenize_corpus(config: TokenizeConfig) -> DatasetSummary:
                                      config.encoding_errors, jobs)
             summary.directory = str(out)
             _move_into_place(building, out)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
     return summary
 
 

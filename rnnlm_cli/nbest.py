@@ -268,9 +268,7 @@ def format_utterance(nbest: NbestList, utterance: Utterance, order: Sequence[int
     jsonl: the object as read, with "hyps" and "scores" reordered and "lm_scores" and "totals" added.
     """
     hyps = utterance.hyps
-    if nbest.format == "kaldi":
-        return "\n".join(f"{hyps[i].key} {hyps[i].text}".rstrip() for i in order)
-    if nbest.format == "mikolov":
+    if nbest.format in ("kaldi", "mikolov"):  # each line's key as read: Kaldi's UTTID-N, Mikolov's ID
         return "\n".join(f"{hyps[i].key} {hyps[i].text}".rstrip() for i in order)
     if nbest.format == "srilm":
         return "\n".join(f"{hyps[i].scores[0]:.6g} {lm_scores[i]:.6g} {len(hyps[i].text.split())} {hyps[i].text}"

@@ -414,7 +414,7 @@ def test_sigterm_leaves_no_half_built_dataset_and_a_dead_builders_folder_is_remo
     import time
 
     train = tmp_path / "train.txt"
-    ids = np.random.default_rng(1).integers(0, 3000, size=(60_000, 8))
+    ids = np.random.default_rng(1).integers(0, 3000, size=(250_000, 8))  # several seconds of tokenizing
     train.write_text("".join(" ".join(f"w{i}" for i in row) + "\n" for row in ids.tolist()), encoding="utf-8")
     out = tmp_path / "d"
     stale = tmp_path / ".d.building-999999999"  # a process id no system hands out: its builder is gone
@@ -424,9 +424,8 @@ def test_sigterm_leaves_no_half_built_dataset_and_a_dead_builders_folder_is_remo
                                 "--kind", "bpe", "--vocab-size", "2000", "-q"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(f".d.building-{process.pid}")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # while it builds: the handler is in place before the folder exists
     process.wait(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM
     assert not stale.exists()  # removed when the run started

@@ -263,6 +263,9 @@ def _check_entries(raw: dict[str, Any], path: Path) -> None:
                      isinstance(value, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in value)))
         if wrong:
             raise CheckpointError(f"{path}: model_config[{name!r}] is {value!r}, not a valid setting")
+    if config.get("cell", "lstm") not in _GATES:
+        raise CheckpointError(f"{path}: model_config['cell'] is {config.get('cell')!r}, not one of "
+                              f"{', '.join(_GATES)}")
     sizes = {name: config.get(name) for name in _INT_SETTINGS}
     embedding = state.get("embedding.weight")
     if embedding is None or embedding.dim() != 2:
@@ -275,7 +278,7 @@ def _check_entries(raw: dict[str, Any], path: Path) -> None:
         raise CheckpointError(f"{path}: model_config says {sizes['layers']} layers, and its weights hold "
                               f"{stored_layers}")
     recurrent = state.get("rnn.weight_hh_l0")
-    gates = _GATES.get(config.get("cell", "lstm"), 1)
+    gates = _GATES[config.get("cell", "lstm")]
     if recurrent is None or tuple(recurrent.shape) != (gates * sizes["hidden_size"], sizes["hidden_size"]):
         raise CheckpointError(f"{path}: model_config says hidden_size {sizes['hidden_size']}, and "
                               f"model['rnn.weight_hh_l0'] is "

@@ -134,6 +134,7 @@ def test_hostile_model_settings_are_refused_at_once_in_rnnlms_words(cli, word_mo
         "text": ({**raw, "model_config": {**config, "hidden_size": "24"}},
                  "model_config['hidden_size'] is '24', not a"),
         "float": ({**raw, "model_config": {**config, "hidden_size": 24.0}}, "model_config['hidden_size'] is 24.0"),
+        "cell": ({**raw, "model_config": {**config, "cell": "transformer"}}, "model_config['cell'] is 'transformer'"),
         "state": ({**raw, "model": "weights"}, "its 'model' entry is not a table of named tensors"),
         "train": ({**raw, "train": "a string"}, "its 'train' entry is a str, not a table"),
         "tokens": ({**raw, "tokenizer": {"kind": "word", "tokens": 5}}, "malformed tokenizer data"),

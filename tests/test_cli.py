@@ -205,3 +205,16 @@ def test_demo_runs_end_to_end(cli, tmp_path):
     # the demo corpus comes from a small grammar: a trained model should find it very predictable
     test_text = Path(__file__).resolve().parent.parent / "corpora" / "demo" / "test.txt"
     assert cli.json("eval", out / "demo.pt", test_text)["total"]["ppl"] < 3
+
+
+def test_the_readme_layout_table_names_every_module():
+    """Each module of rnnlm_cli/ is in README's layout table, by path or by name in a row of its folder."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Layout", 1)[1].split("\n\n", 2)[1]
+    named = set(re.findall(r"`([^`]+)`", table))
+    package = root / "rnnlm_cli"
+    for module in sorted(package.glob("*.py")):
+        assert f"rnnlm_cli/{module.name}" in named or module.name in named, module.name
+    for module in sorted((package / "cli").glob("*.py")):
+        assert module.name == "__init__.py" or module.name in named, f"cli/{module.name}"

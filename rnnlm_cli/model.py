@@ -196,9 +196,7 @@ class RNNLanguageModel(nn.Module):
     def last_states(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Hidden]:
         """For right-padded sequences ``ids`` (B, T) of ``lengths`` (each at least 1), in eval mode: the top
         layer's output at each sequence's own last token (B, H) and the hidden state there."""
-        x = self.embedding(ids.t())  # (T, B, E)
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
-        _, hidden = self.rnn(packed)  # rows come back in input order
+        _, hidden = self.packed_features(ids, lengths)
         top = hidden[0] if isinstance(hidden, tuple) else hidden  # (layers, B, H)
         return top[-1], hidden
 

@@ -77,7 +77,10 @@ def read_nbest(path: str, format: str | None = None) -> NbestList:
         raise InputError(f"{name}: holds no hypotheses")
     chosen = format or guess_format(name, lines)
     if chosen == "jsonl":
-        return NbestList("jsonl", _parse_jsonl(name, lines), _jsonl_score_names(name, lines))
+        utterances = _parse_jsonl(name, lines)
+        width = len(utterances[0].hyps[0].scores)  # _parse_jsonl checked that every hypothesis has as many
+        return NbestList("jsonl", utterances, ("score",) if width == 1 else
+                         tuple(f"score{index + 1}" for index in range(width)))
     if chosen == "srilm":
         return NbestList("srilm", [_parse_srilm(name, _srilm_id(path), lines)], ("acoustic", "lm"))
     if chosen == "kaldi":
@@ -249,15 +252,6 @@ def _score_row(where: str, score: Any) -> tuple[float, ...]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise InputError(f'{where}: the score {value!r} is not a finite number')
     return tuple(float(value) for value in values)
-
-
-def _jsonl_score_names(name: str, lines: Sequence[tuple[int, str]]) -> tuple[str, ...]:
-    first = json.loads(lines[0][1])
-    scores = first.get("scores")
-    if not scores:
-        return ()
-    width = len(scores[0]) if isinstance(scores[0], list) else 1
-    return tuple(f"score{index + 1}" for index in range(width)) if width > 1 else ("score",)
 
 
 def format_utterance(nbest: NbestList, utterance: Utterance, order: Sequence[int],

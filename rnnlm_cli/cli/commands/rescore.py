@@ -166,7 +166,7 @@ def command(
                            ngram=None if ngram is None else NgramSettings(ngram, *(
                                [] if ngram_weight is None else [ngram_weight])),
                            batch_size=batch_size, precision=precision.value, device=device.value, threads=threads)
-    if (tune or report) is False and refs is not None:
+    if refs is not None and not (tune or report):
         raise ConfigError("--refs is read by --tune and --report: add one of them")
     if output_path is not None and output_path == nbest:
         raise ConfigError(f"--output {output_path} is the input list; write the rescored list elsewhere")

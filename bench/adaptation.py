@@ -32,7 +32,7 @@ from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm  # noqa: E402
 
 from rnnlm_cli.checkpoint import load_checkpoint  # noqa: E402
 from rnnlm_cli.config import CacheSettings, DynamicSettings, EvalConfig, NgramSettings  # noqa: E402
-from rnnlm_cli.evaluate import evaluate  # noqa: E402
+from rnnlm_cli.jobs.evaluate import evaluate  # noqa: E402
 
 MODES = ("cache", "dynamic", "ngram")
 

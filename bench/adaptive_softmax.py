@@ -20,7 +20,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized, training_time  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    SHARED_DATA,
+    machine,
+    publish,
+    run_rnnlm,
+    tokenized,
+    training_time,
+)
 
 HEADS = {"full": [], "adaptive": ["--softmax", "adaptive", "--cutoffs", "2000,10000"]}
 

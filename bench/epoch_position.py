@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized  # noqa: E402
 
 from rnnlm_cli.checkpoint import load_checkpoint  # noqa: E402
-from rnnlm_cli.train import last_state_path, metrics_path  # noqa: E402
+from rnnlm_cli.jobs.train import last_state_path, metrics_path  # noqa: E402
 
 
 def main() -> None:

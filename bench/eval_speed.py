@@ -34,8 +34,9 @@ from common import SHARED_DATA, machine, publish, run_rnnlm, timed  # noqa: E402
 
 from rnnlm_cli.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
 from rnnlm_cli.config import EvalConfig, TokenizeConfig  # noqa: E402
-from rnnlm_cli.data import Dataset, tokenize_corpus  # noqa: E402
-from rnnlm_cli.evaluate import evaluate  # noqa: E402
+from rnnlm_cli.data import Dataset  # noqa: E402
+from rnnlm_cli.jobs.evaluate import evaluate  # noqa: E402
+from rnnlm_cli.jobs.tokenize import tokenize_corpus  # noqa: E402
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel  # noqa: E402
 
 EOS = 1

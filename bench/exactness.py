@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, publish  # noqa: E402
 
 from rnnlm_cli.config import EvalConfig  # noqa: E402
-from rnnlm_cli.evaluate import iter_line_scores  # noqa: E402
+from rnnlm_cli.jobs.evaluate import iter_line_scores  # noqa: E402
 
 
 def scores(checkpoint: str, text: str, batch_size: int) -> tuple[np.ndarray, list[int]]:

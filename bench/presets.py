@@ -32,8 +32,8 @@ from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized  # 
 
 from rnnlm_cli.checkpoint import epoch_label, load_checkpoint  # noqa: E402
 from rnnlm_cli.config import PRESET_SOURCES, PRESETS  # noqa: E402
+from rnnlm_cli.jobs.train import last_state_path, metrics_path  # noqa: E402
 from rnnlm_cli.runtime import resolve_precision  # noqa: E402
-from rnnlm_cli.train import last_state_path, metrics_path  # noqa: E402
 
 
 def main() -> None:

@@ -84,8 +84,8 @@ def speed(args) -> None:
         *command, "--precision", precision, "-q")[0] for name, command in runs.items()}, len(hyps), args.repeats)
     # the scoring alone: the library calls behind both commands, in this process (start-up and import excluded)
     from rnnlm_cli.config import EvalConfig, RescoreConfig
-    from rnnlm_cli.evaluate import iter_line_scores
-    from rnnlm_cli.rescore import rescore
+    from rnnlm_cli.jobs.evaluate import iter_line_scores
+    from rnnlm_cli.jobs.rescore import rescore
 
     calls = {
         "eval --context line --level line": lambda precision: sum(1 for _ in iter_line_scores(EvalConfig(

@@ -8,12 +8,12 @@
 
 Runs the calls `rnnlm train` makes for one step of plain SGD (the model's training forward pass and fused
 loss under the training precision, backward with a sparse embedding gradient, the global gradient norm,
-the plain SGD step of `rnnlm_cli/sgd.py`) on random token ids over the
+the plain SGD step of `rnnlm_cli/model/sgd.py`) on random token ids over the
 PTB vocabulary size (10,000): speed does not depend on the data. Prints the mean step time over
 ``--steps`` timed steps, then a torch.profiler table of the same number of steps (the profiler adds
 overhead, so its total is a little higher). Writes nothing; docs/benchmarks.md's profiling notes quote it.
 
-With ``--loop S`` it also trains the preset on PTB for S seconds through ``rnnlm_cli.train.train`` (the
+With ``--loop S`` it also trains the preset on PTB for S seconds through ``rnnlm_cli.jobs.train.train`` (the
 loop `rnnlm train` runs, with its data batches, progress bookkeeping and checks) between two timings of the
 bare step, and prints the loop's tokens/s inside the epoch beside the bare step's: what the loop adds.
 With ``--plain S`` it times the plain PyTorch fp32 loop of bench/train_speed.py on PTB for S seconds between
@@ -39,10 +39,10 @@ from train_speed import plain_loop  # noqa: E402
 
 from rnnlm_cli.config import PRESETS, TrainConfig  # noqa: E402
 from rnnlm_cli.data import Dataset  # noqa: E402
+from rnnlm_cli.jobs.train import gradient_norm, train  # noqa: E402
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden  # noqa: E402
+from rnnlm_cli.model.sgd import PlainSGD  # noqa: E402
 from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_precision  # noqa: E402
-from rnnlm_cli.sgd import PlainSGD  # noqa: E402
-from rnnlm_cli.train import gradient_norm, train  # noqa: E402
 
 
 def main() -> None:

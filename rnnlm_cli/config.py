@@ -31,6 +31,9 @@ DEFAULT_CUTOFFS = (2000, 10000, 50000, 200000)
 ARCHITECTURE = ("cell", "emb_size", "hidden_size", "layers", "dropout", "tie_weights", "init_range",
                 "init_recurrent", "dropout_input", "dropout_hidden", "dropout_output", "variational", "word_dropout",
                 "softmax", "cutoffs", "direction", "forget_bias")
+# settings that shape the weights and the optimizer state; a resumed run cannot change them
+FIXED_ON_RESUME = ("cell", "emb_size", "hidden_size", "layers", "tie_weights", "init_range", "init_recurrent",
+                   "forget_bias", "softmax", "cutoffs", "direction", "optimizer")
 
 # Published recipes for word-level PTB. Zaremba et al. (2014) sum the loss over the bptt steps and
 # use lr 1 with clip 5 (10 for large); rnnlm averages the loss per token, so the same updates are
@@ -191,7 +194,7 @@ class TrainConfig:
     bptt: int = 35  # time steps per truncated back-propagation window
     batch_size: int = 20  # parallel streams
     epochs: int = 40
-    schedule: str = "plateau"  # plateau | epoch | cosine (see rnnlm_cli.train)
+    schedule: str = "plateau"  # plateau | epoch | cosine (see rnnlm_cli.jobs.train)
     lr_decay: float = 4.0  # plateau and epoch schedules divide the learning rate by this; 1 never
     decay_start: int = 0  # epoch schedule: epochs at the full rate before dividing every epoch
     warmup_steps: int = 0  # cosine schedule: steps of linear warm-up before the cosine decay
@@ -331,14 +334,14 @@ class EvalConfig:
     checkpoint: str
     inputs: list[str] = field(default_factory=list)  # text files; "-" is standard input
     files_from: str | None = None  # a file listing more inputs, one path per line ("-": stdin)
-    context: str = "stream"  # stream | line (see rnnlm_cli.evaluate)
+    context: str = "stream"  # stream | line (see rnnlm_cli.jobs.evaluate)
     batch_size: int = 64  # lines per forward call in line mode; never changes the result
     exclude_oov: bool = False  # SRILM's convention: OOV tokens are neither scored nor counted
     precision: str = "fp32"  # fp32 (exact) | bf16 (faster matrix products, about 3 significant digits)
     device: str = "auto"
     encoding_errors: str = "strict"  # strict: invalid UTF-8 is an error naming the line; replace: U+FFFD
     threads: int | None = None  # CPU threads; None: by the model's size and the other processes' load
-    cache: CacheSettings | None = None  # adaptations (rnnlm_cli.adapt); None: off
+    cache: CacheSettings | None = None  # adaptations (rnnlm_cli.scoring.adapt); None: off
     dynamic: DynamicSettings | None = None
     ngram: NgramSettings | None = None
 

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlm_cli.checkpoint import Checkpoint, load_checkpoint, load_for_inference, save_checkpoint
+from rnnlm_cli.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_for_inference,
+    save_checkpoint,
+)
 from rnnlm_cli.data import Dataset
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel
 
@@ -278,7 +283,7 @@ def test_every_cell_and_subword_models_in_both_precisions(cli, corpus, tmp_path,
 @pytest.mark.parametrize("window", [1, 3, 40])
 def test_cache_chunks_and_memory_do_not_change_the_answer(monkeypatch, window):
     """The cache computed in small chunks of queries, after a memory of earlier positions, equals one pass."""
-    from rnnlm_cli import adapt
+    from rnnlm_cli.scoring import adapt
 
     torch.manual_seed(0)
     states, tokens = torch.randn(2, 60, 5), torch.randint(0, 4, (2, 60))

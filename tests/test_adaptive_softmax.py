@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL
+
 from rnnlm_cli.checkpoint import load_checkpoint
 from rnnlm_cli.data import Dataset
 from rnnlm_cli.errors import ConfigError

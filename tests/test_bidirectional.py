@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL
+
 from rnnlm_cli.checkpoint import load_checkpoint, weights_digest
 
 TRAIN = [*TINY_MODEL, "--optimizer", "adam", "--lr", "0.01", "--precision", "fp32", "-q"]

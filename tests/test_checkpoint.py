@@ -11,7 +11,13 @@ import re
 import pytest
 import torch
 
-from rnnlm_cli.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint, weights_digest
+from rnnlm_cli.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    load_checkpoint,
+    save_checkpoint,
+    weights_digest,
+)
 from rnnlm_cli.tokenizers import tokenizer_from_dict
 
 

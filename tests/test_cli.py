@@ -66,12 +66,12 @@ def test_help_reads_whole_at_80_columns(cli, name):
 
 
 def test_debug_works_after_the_command_name_too(cli, word_model, monkeypatch):
-    import rnnlm_cli.evaluate
+    import rnnlm_cli.jobs.evaluate
 
     def explode(*args, **kwargs):
         raise ValueError("boom")
 
-    monkeypatch.setattr(rnnlm_cli.evaluate, "evaluate", explode)
+    monkeypatch.setattr(rnnlm_cli.jobs.evaluate, "evaluate", explode)
     result = cli("eval", word_model, "-", "--debug", input="a\n", expect=1)
     assert "Traceback" in result.stderr and "ValueError: boom" in result.stderr
 
@@ -153,12 +153,12 @@ def test_usage_errors_exit_2_with_nothing_on_stdout(cli, word_model):
 
 
 def test_unexpected_errors_are_one_line_unless_debug(cli, word_model, monkeypatch):
-    import rnnlm_cli.evaluate
+    import rnnlm_cli.jobs.evaluate
 
     def explode(*args, **kwargs):
         raise ValueError("boom")
 
-    monkeypatch.setattr(rnnlm_cli.evaluate, "evaluate", explode)
+    monkeypatch.setattr(rnnlm_cli.jobs.evaluate, "evaluate", explode)
     result = cli("eval", word_model, "-", input="a\n", expect=1)
     assert result.stderr == "rnnlm: error: ValueError: boom (run `rnnlm --debug ...` for the traceback)\n"
     result = cli("--debug", "eval", word_model, "-", input="a\n", expect=1)
@@ -175,12 +175,12 @@ def test_broken_pipe_ends_quietly(word_model):
 
 
 def test_keyboard_interrupt_exits_130(cli, word_model, monkeypatch):
-    import rnnlm_cli.generate
+    import rnnlm_cli.jobs.sample
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rnnlm_cli.generate.Generator, "samples", interrupted)
+    monkeypatch.setattr(rnnlm_cli.jobs.sample.Generator, "samples", interrupted)
     result = cli("sample", word_model, expect=130)
     assert result.stdout == "" and "interrupted" in result.stderr
 
@@ -208,13 +208,16 @@ def test_demo_runs_end_to_end(cli, tmp_path):
 
 
 def test_the_readme_layout_table_names_every_module():
-    """Each module of rnnlm_cli/ is in README's layout table, by path or by name in a row of its folder."""
+    """Each module of rnnlm_cli/ is in README's layout table, in the row of its folder."""
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text(encoding="utf-8")
     table = readme.split("## Layout", 1)[1].split("\n\n", 2)[1]
-    named = set(re.findall(r"`([^`]+)`", table))
-    package = root / "rnnlm_cli"
-    for module in sorted(package.glob("*.py")):
-        assert f"rnnlm_cli/{module.name}" in named or module.name in named, module.name
-    for module in sorted((package / "cli").glob("*.py")):
-        assert module.name == "__init__.py" or module.name in named, f"cli/{module.name}"
+    rows = {}
+    for row in table.splitlines()[2:]:
+        path, what = row.strip("|").split("|", 1)
+        rows[path.strip().strip("`")] = set(re.findall(r"`([^`]+)`", what))
+    for module in sorted((root / "rnnlm_cli").rglob("*.py")):
+        folder = module.parent.relative_to(root).as_posix() + "/"
+        assert folder in rows, f"no row for {folder}"
+        assert module.name in rows[folder] or module.name == "__init__.py" and folder != "rnnlm_cli/", \
+            f"{folder}{module.name}"

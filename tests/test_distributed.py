@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL
+
 from rnnlm_cli.checkpoint import load_checkpoint
 
 # two processes on one machine; torchrun's --standalone rendezvous picks a free port

@@ -15,8 +15,8 @@ import torch
 
 from rnnlm_cli.checkpoint import Checkpoint, load_for_inference, save_checkpoint
 from rnnlm_cli.data import Dataset
-from rnnlm_cli.scoring import score_token_lines
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel
+from rnnlm_cli.scoring import score_token_lines
 
 TEXT = "the cat sat on the mat .\nTom said hi to Mary .\n猫は魚を食べました。\n\nMary gave the key to Tom .\n"
 

@@ -7,7 +7,6 @@ import math
 import random
 
 import pytest
-
 from conftest import TINY_MODEL
 
 PLANTED = [  # the subject can only be told from the words after the blank

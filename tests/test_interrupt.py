@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL
+
 from rnnlm_cli.checkpoint import load_checkpoint
 
 
@@ -91,7 +91,7 @@ def test_kill_9_at_random_moments_leaves_loadable_checkpoints(word_dataset, tmp_
 
 
 def test_save_every_steps_writes_the_state_mid_epoch(cli, word_dataset, tmp_path, monkeypatch):
-    import rnnlm_cli.train as train_module
+    import rnnlm_cli.jobs.train.run as train_module
 
     saved: list[tuple[str, int]] = []
     real_save = train_module.save_checkpoint

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_MODEL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "corpora"))

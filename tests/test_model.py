@@ -7,9 +7,9 @@ import torch
 
 from rnnlm_cli.checkpoint import load_checkpoint
 from rnnlm_cli.errors import ConfigError
-from rnnlm_cli.lstm_cpu import lstm_layer
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel
-from rnnlm_cli.output_loss import linear_cross_entropy, linear_nll
+from rnnlm_cli.model.lstm_cpu import lstm_layer
+from rnnlm_cli.model.output_loss import linear_cross_entropy, linear_nll
 
 
 def test_lstm_kernel_matches_nn_lstm_forward_and_backward():

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL
+
 from rnnlm_cli.checkpoint import Checkpoint, load_for_inference, save_checkpoint
 from rnnlm_cli.config import SampleConfig
-from rnnlm_cli.scoring import score_token_lines
-from rnnlm_cli.generate import Generator
+from rnnlm_cli.jobs.sample import Generator
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel
+from rnnlm_cli.scoring import score_token_lines
 from rnnlm_cli.tokenizers import WordTokenizer, train_tokenizer
 
 

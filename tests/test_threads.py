@@ -6,8 +6,8 @@ import re
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL
+
 from rnnlm_cli import runtime
 
 

@@ -123,7 +123,7 @@ def test_tokenize_reads_stdin_and_prints_json(cli, tmp_path):
 
 def test_large_vocabulary_uses_uint32(tmp_path):
     from rnnlm_cli.config import TokenizeConfig
-    from rnnlm_cli.data import tokenize_corpus
+    from rnnlm_cli.jobs.tokenize import tokenize_corpus
 
     train = tmp_path / "train.txt"
     train.write_text(" ".join(f"w{i}" for i in range(70_000)) + "\n", encoding="utf-8")
@@ -238,7 +238,7 @@ def test_training_text_from_stdin_is_read_twice_through_a_copy_that_is_removed(c
 
 
 def test_a_training_file_that_changes_between_the_two_readings_is_refused(cli, tmp_path, monkeypatch):
-    import rnnlm_cli.data as data
+    import rnnlm_cli.jobs.tokenize as data
 
     train = tmp_path / "train.txt"
     train.write_text("a b\nb c\n", encoding="utf-8")
@@ -261,7 +261,7 @@ def test_tokenizing_streams_the_text_instead_of_holding_it(tmp_path, monkeypatch
     (with worker processes too: at most two chunks per worker are in flight)."""
     import tracemalloc
 
-    import rnnlm_cli.data as data
+    import rnnlm_cli.jobs.tokenize as data
     from rnnlm_cli.config import TokenizeConfig
 
     monkeypatch.setattr(data, "_ENCODE_CHUNK_LINES", 200)  # lines encoded at a time (10,000 in use)
@@ -303,7 +303,7 @@ def test_vocabulary_sizes_the_corpus_cannot_support(cli, tmp_path):
 
 @pytest.mark.parametrize("kind", ["word", "unigram"])
 def test_encoding_with_several_processes_writes_the_same_dataset(cli, corpus, tmp_path, monkeypatch, kind):
-    import rnnlm_cli.data as data
+    import rnnlm_cli.jobs.tokenize as data
 
     monkeypatch.setattr(data, "_ENCODE_CHUNK_LINES", 40)  # 300 training lines: 8 chunks among the workers
     options = ["--valid", corpus["valid"], "--kind", kind, "-q"] + (["--vocab-size", "600"] if kind != "word" else [])
@@ -387,7 +387,7 @@ def test_encoding_workers_end_with_their_parent_even_after_kill_9(tmp_path):
     script = """
 import os, signal, multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from rnnlm_cli import data
+from rnnlm_cli.jobs import tokenize as data
 from rnnlm_cli.tokenizers import WordTokenizer
 tokenizer = WordTokenizer(["<unk>", "<eos>", "a"], False)
 pool = ProcessPoolExecutor(2, multiprocessing.get_context("fork"), initializer=data._start_worker,

@@ -9,8 +9,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL
+
 from rnnlm_cli.checkpoint import load_checkpoint
 from rnnlm_cli.data import Dataset
 
@@ -86,7 +86,7 @@ def test_max_time_stops_mid_epoch_and_resume_finishes_exactly(cli, word_dataset,
 
 
 class _ShiftedClock:
-    """`time` for rnnlm_cli.train with a clock that can be moved forward: validations that take 10 s, for nothing.
+    """`time` for rnnlm_cli.jobs.train.budget with a clock that can be moved forward: validations that take 10 s, for nothing.
     ``real=False`` stops the real time from counting, so that only the moves do: a test of the budget's arithmetic
     then passes however busy the machine is."""
 
@@ -104,17 +104,17 @@ class _ShiftedClock:
 def test_max_time_leaves_room_for_the_last_validation(cli, word_dataset, tmp_path, monkeypatch):
     """The budget covers the validation and saves after the stop: training stops once less time is left than the
     last validation took, and a budget spent during an epoch's validation ends the run there, with no step more."""
-    from rnnlm_cli import train as train_module
+    from rnnlm_cli.jobs.train import budget, validation
 
     clock = _ShiftedClock()
-    validation = train_module._Trainer._validation_loss
+    real_loss = validation.Validator.loss
 
     def slow_validation(self):
         clock.offset += 10.0
-        return validation(self)
+        return real_loss(self)
 
-    monkeypatch.setattr(train_module, "time", clock)
-    monkeypatch.setattr(train_module._Trainer, "_validation_loss", slow_validation)
+    monkeypatch.setattr(budget, "time", clock)
+    monkeypatch.setattr(validation.Validator, "loss", slow_validation)
     # epoch 1 and its validation end after about 10 s, epoch 2's after 20 s: 5 s left, less than a validation
     result = cli("train", word_dataset, "--out", tmp_path / "m.pt", *TINY_MODEL, "--epochs", "5", "--max-time", "25",
                  "--json")
@@ -131,17 +131,17 @@ def test_max_time_estimates_the_first_validation_from_the_steps_so_far(cli, word
     """Before the first validation, the time kept for it comes from the training speed so far, over the same steps
     in time and in tokens: with every step taking 1 s, half the validation text's tokens at 1 s per 8 tokens
     (batch 2 x bptt 4). Counting a step's time but not its tokens would keep twice that after two steps."""
-    from rnnlm_cli import train as train_module
+    from rnnlm_cli.jobs.train import budget, step
 
     clock = _ShiftedClock(real=False)
-    clip = train_module._Trainer._clip
+    clip = step.Optimization.clip
 
-    def slow_step(self, parameters):
+    def slow_step(self):
         clock.offset += 1.0
-        return clip(self, parameters)
+        return clip(self)
 
-    monkeypatch.setattr(train_module, "time", clock)
-    monkeypatch.setattr(train_module._Trainer, "_clip", slow_step)
+    monkeypatch.setattr(budget, "time", clock)
+    monkeypatch.setattr(step.Optimization, "clip", slow_step)
     kept = 0.5 * len(Dataset(word_dataset).ids("valid")) / 8
     assert kept > 5  # about 10 steps' time
     # training goes on while the steps so far and the time kept fit the budget: through step 4
@@ -300,10 +300,12 @@ def test_epoch_schedule_follows_zaremba(cli, word_dataset, tmp_path):
 
 def test_cosine_schedule_warms_up_then_decays():
     from rnnlm_cli.config import TrainConfig
-    from rnnlm_cli.train import _cosine_lr
+    from rnnlm_cli.jobs.train.step import LearningRate
 
-    config = TrainConfig(dataset="d", out="o", optimizer="adam", lr=0.01, schedule="cosine", warmup_steps=10)
-    rates = [_cosine_lr(config, step, 110) for step in range(110)]
+    config = TrainConfig(dataset="d", out="o", optimizer="adam", lr=0.01, schedule="cosine", warmup_steps=10,
+                         epochs=10)
+    schedule = LearningRate(config, steps_per_epoch=11)
+    rates = [schedule.step(step, 0.0) for step in range(110)]
     assert rates[0] == pytest.approx(0.001) and rates[9] == pytest.approx(0.01)
     assert all(a <= b for a, b in zip(rates[:10], rates[1:10]))
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
@@ -421,22 +423,22 @@ def test_sgd_folds_clipping_into_the_learning_rate_without_changing_the_updates(
                                                                                  monkeypatch):
     """Plain SGD scales its step instead of the gradients, and takes the embedding's gradient as a sparse tensor
     of the rows read: the same run as clipping dense gradients first."""
-    from rnnlm_cli import train as train_module
+    from rnnlm_cli.jobs.train import step
 
     common = [*TINY_MODEL, "--epochs", "2", "--lr", "20", "--clip", "0.1", "--precision", "fp32", "--dropout", "0"]
     sparse_choices = []
-    choose_sparse = train_module._sparse_embedding_gradient
-    monkeypatch.setattr(train_module, "_sparse_embedding_gradient",
+    choose_sparse = step.sparse_embedding_gradient
+    monkeypatch.setattr(step, "sparse_embedding_gradient",
                         lambda *args: sparse_choices.append(choose_sparse(*args)) or sparse_choices[-1])
     folded = cli.json("train", word_dataset, "--out", tmp_path / "a.pt", *common, "-q")
     assert sparse_choices == [True]
 
-    def clip_in_place(self, parameters):
+    def clip_in_place(self):
         limit = self.config.clip if self.config.clip > 0 else math.inf
-        return float(torch.nn.utils.clip_grad_norm_(parameters, limit)), None
+        return float(torch.nn.utils.clip_grad_norm_(self.parameters, limit)), None
 
-    monkeypatch.setattr(train_module._Trainer, "_clip", clip_in_place)
-    monkeypatch.setattr(train_module, "_sparse_embedding_gradient", lambda *args: False)
+    monkeypatch.setattr(step.Optimization, "clip", clip_in_place)
+    monkeypatch.setattr(step, "sparse_embedding_gradient", lambda *args: False)
     clipped = cli.json("train", word_dataset, "--out", tmp_path / "b.pt", *common, "-q")
     monkeypatch.undo()
     assert folded["history"][0]["clipped_fraction"] > 0.5  # the clip was active
@@ -455,14 +457,14 @@ def test_sgd_folds_clipping_into_the_learning_rate_without_changing_the_updates(
 def test_sparse_embedding_gradient_only_where_plain_sgd_applies_it(change, sparse):
     from types import SimpleNamespace
 
+    from rnnlm_cli.jobs.train.step import sparse_embedding_gradient
     from rnnlm_cli.model import ModelConfig, RNNLanguageModel
-    from rnnlm_cli.train import _sparse_embedding_gradient
 
     config = SimpleNamespace(optimizer=change.get("optimizer", "sgd"), weight_decay=change.get("weight_decay", 0.0))
     model = RNNLanguageModel(ModelConfig(30, emb_size=8, hidden_size=8, layers=1, tie_weights="tie_weights" in change,
                                          word_dropout=change.get("word_dropout", 0.0)))
     world = SimpleNamespace(active="processes" in change)
-    assert _sparse_embedding_gradient(config, model, world, torch.device(change.get("device", "cpu"))) is sparse
+    assert sparse_embedding_gradient(config, model, world, torch.device(change.get("device", "cpu"))) is sparse
 
 
 def test_log_gradients_records_every_step_and_a_hidden_state_probe(cli, word_dataset, tmp_path):
@@ -499,7 +501,7 @@ def test_log_gradients_records_every_step_and_a_hidden_state_probe(cli, word_dat
 
 def test_plain_sgd_updates_bit_for_bit_as_torch_optim_sgd():
     from rnnlm_cli.model import ModelConfig, RNNLanguageModel
-    from rnnlm_cli.sgd import PlainSGD
+    from rnnlm_cli.model.sgd import PlainSGD
 
     def model():
         torch.manual_seed(0)

@@ -170,7 +170,17 @@ def main_options(
 
 
 def _register() -> None:
-    from rnnlm_cli.cli.commands import demo, evaluate, fill, info, rescore, sample, tokenize, train, tune
+    from rnnlm_cli.cli.commands import (
+        demo,
+        evaluate,
+        fill,
+        info,
+        rescore,
+        sample,
+        tokenize,
+        train,
+        tune,
+    )
 
     for module in (tokenize, train, evaluate, tune, rescore, sample, fill, info, demo):
         app.command(module.NAME, cls=Command)(handle_errors(module.command))

@@ -7,7 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from rnnlm_cli.config import CELLS, CONTEXTS, DEVICES, ENCODING_ERRORS, EVAL_PRECISIONS, OPTIMIZERS
+from rnnlm_cli.config import (
+    CELLS,
+    CONTEXTS,
+    DEVICES,
+    ENCODING_ERRORS,
+    EVAL_PRECISIONS,
+    OPTIMIZERS,
+)
 from rnnlm_cli.tokenizers import KINDS
 
 

@@ -36,7 +36,7 @@ def command(
     """
     from rnnlm_cli.cli.commands.evaluate import _table as eval_table
     from rnnlm_cli.cli.commands.tokenize import _table as tokenize_table
-    from rnnlm_cli.demo import DEMO_SAMPLING, run_demo
+    from rnnlm_cli.jobs.demo import DEMO_SAMPLING, run_demo
 
     output.setup_logging(quiet)
     console = output.stderr()

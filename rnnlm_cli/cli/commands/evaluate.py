@@ -8,9 +8,27 @@ from typing import Annotated, Optional
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import (CheckpointArg, Context, Device, DeviceOpt, EncodingErrors, EncodingErrorsOpt,
-                                   Format, Precision, PrecisionOpt, QuietOpt, ThreadsOpt, choices)
-from rnnlm_cli.config import DYNAMIC_LR, DYNAMIC_RULES, CacheSettings, DynamicSettings, NgramSettings
+from rnnlm_cli.cli.options import (
+    CheckpointArg,
+    Context,
+    Device,
+    DeviceOpt,
+    EncodingErrors,
+    EncodingErrorsOpt,
+    Format,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    ThreadsOpt,
+    choices,
+)
+from rnnlm_cli.config import (
+    DYNAMIC_LR,
+    DYNAMIC_RULES,
+    CacheSettings,
+    DynamicSettings,
+    NgramSettings,
+)
 
 NAME = "eval"
 
@@ -170,7 +188,7 @@ def _settings(on: bool, flag: str, kind, **given):
 
 
 def _summary(config, format_name: str, progress: bool) -> None:
-    from rnnlm_cli.evaluate import evaluate
+    from rnnlm_cli.jobs.evaluate import evaluate
 
     result = evaluate(config, progress=progress)
     if format_name == "json":
@@ -185,7 +203,7 @@ def _summary(config, format_name: str, progress: bool) -> None:
 
 def _rows(config, level: str, format_name: str) -> None:
     """Per-line or per-token rows, written (and flushed) line by line as they are scored."""
-    from rnnlm_cli.evaluate import iter_line_scores
+    from rnnlm_cli.jobs.evaluate import iter_line_scores
 
     columns = LINE_COLUMNS if level == "line" else TOKEN_COLUMNS
     scores = iter_line_scores(config, pieces=level == "token")

@@ -6,8 +6,16 @@ from typing import Annotated, Optional
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import (CheckpointArg, Device, DeviceOpt, Format, Precision, PrecisionOpt, QuietOpt,
-                                   ThreadsOpt)
+from rnnlm_cli.cli.options import (
+    CheckpointArg,
+    Device,
+    DeviceOpt,
+    Format,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    ThreadsOpt,
+)
 
 NAME = "fill"
 TSV_COLUMNS = ("sentence", "rank", "filler", "logprob", "probability")
@@ -54,7 +62,7 @@ def command(
     """
     from rnnlm_cli.config import FillConfig
     from rnnlm_cli.errors import ConfigError, InputError
-    from rnnlm_cli.fill import BlankFiller, split_at_blank
+    from rnnlm_cli.jobs.fill import BlankFiller, split_at_blank
     from rnnlm_cli.textio import iter_lines
 
     output.setup_logging(quiet)

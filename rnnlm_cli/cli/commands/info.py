@@ -40,11 +40,11 @@ def command(
       rnnlm info ptb.pt --plot curve.svg
       rnnlm info ptb.pt --json | jq .best_valid_ppl
     """
-    from rnnlm_cli.checkpoint import checkpoint_info
+    from rnnlm_cli.jobs.info import checkpoint_info
 
     info = checkpoint_info(checkpoint)
     if plot is not None:
-        from rnnlm_cli.plot import plot_history
+        from rnnlm_cli.cli.plot import plot_history
 
         plot_history(info.history, plot, title=str(checkpoint), gradients=info.gradients,
                      clip=float(info.train_config.get("clip", 0)))

@@ -149,7 +149,7 @@ def command(
     """
     from rnnlm_cli.config import RescoreConfig
     from rnnlm_cli.errors import ConfigError
-    from rnnlm_cli.rescore import references, rescore, tune_weights
+    from rnnlm_cli.jobs.rescore import references, rescore, tune_weights
 
     output.setup_logging(quiet)
     if best and json_output and not (tune or report):

@@ -67,7 +67,7 @@ def command(
     """
     from rnnlm_cli.config import SampleConfig
     from rnnlm_cli.errors import ConfigError
-    from rnnlm_cli.generate import Generator, multiline
+    from rnnlm_cli.jobs.sample import Generator, multiline
     from rnnlm_cli.textio import iter_lines
 
     output.setup_logging(quiet)

@@ -5,7 +5,13 @@ from typing import Annotated, Optional
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import EncodingErrors, EncodingErrorsOpt, JsonOpt, Kind, QuietOpt
+from rnnlm_cli.cli.options import (
+    EncodingErrors,
+    EncodingErrorsOpt,
+    JsonOpt,
+    Kind,
+    QuietOpt,
+)
 from rnnlm_cli.tokenizers import DEFAULT_CHARACTER_COVERAGE
 
 NAME = "tokenize"
@@ -58,7 +64,7 @@ def command(
       rnnlm tokenize ja.txt --kind unigram --vocab-size 8000 --out data/ja
     """
     from rnnlm_cli.config import TokenizeConfig
-    from rnnlm_cli.data import tokenize_corpus
+    from rnnlm_cli.jobs.tokenize import tokenize_corpus
 
     output.setup_logging(quiet)
     config = TokenizeConfig(train=train, out=out, valid=valid, test=test, kind=kind.value,

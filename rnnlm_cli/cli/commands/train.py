@@ -6,9 +6,25 @@ from typing import Annotated, Any, Optional
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import THREADS_DEFAULT, Cell, Device, JsonOpt, Optimizer, QuietOpt, choices
-from rnnlm_cli.config import (DIRECTIONS, PRESET_SOURCES, PRESETS, SCHEDULES, SOFTMAXES, TRAIN_PRECISIONS,
-                              TrainConfig, parse_cutoffs)
+from rnnlm_cli.cli.options import (
+    THREADS_DEFAULT,
+    Cell,
+    Device,
+    JsonOpt,
+    Optimizer,
+    QuietOpt,
+    choices,
+)
+from rnnlm_cli.config import (
+    DIRECTIONS,
+    PRESET_SOURCES,
+    PRESETS,
+    SCHEDULES,
+    SOFTMAXES,
+    TRAIN_PRECISIONS,
+    TrainConfig,
+    parse_cutoffs,
+)
 from rnnlm_cli.distributed import is_main_process
 from rnnlm_cli.errors import ConfigError
 
@@ -169,7 +185,7 @@ def command(
       torchrun --standalone --nproc-per-node 2 -m rnnlm_cli \\
           train data/ptb --out ptb.pt --preset small
     """
-    from rnnlm_cli.train import best_checkpoint_path, config_for_resume, train
+    from rnnlm_cli.jobs.train import plan_resume, train
 
     main_process = is_main_process()  # under torchrun only rank 0 reports
     output.setup_logging(quiet or not main_process)
@@ -186,21 +202,15 @@ def command(
         "log_gradients": log_gradients, "threads": threads,
     }
     overrides = {key: getattr(value, "value", value) for key, value in given.items() if value is not None}
+    plan = None
     if resume is not None:
-        if preset is not None:
-            raise ConfigError("--preset starts a new run; a resumed run keeps its own settings")
-        if force:
-            raise ConfigError("--force is for a new run; --resume continues the existing one")
-        best = str(best_checkpoint_path(resume))
-        if out is not None and out != best:
-            raise ConfigError(f"a resumed run keeps writing {best}; leave --out out")
-        config = config_for_resume(resume, {**overrides, "dataset": dataset, "out": best})
+        config, plan = plan_resume(resume, dataset, overrides, out=out, preset=preset, force=force)
     elif out is None:
         raise ConfigError("--out is required (or --resume CKPT to continue a run)")
     else:
         config = TrainConfig.from_preset(preset.value if preset else None, dataset=dataset, out=out, force=force,
                                          **overrides)
-    result = train(config, resume=resume, progress=not quiet, started=(ctx.obj or {}).get("started"))
+    result = train(config, resume=plan, progress=not quiet, started=(ctx.obj or {}).get("started"))
     if not main_process:
         return
     if json_output:

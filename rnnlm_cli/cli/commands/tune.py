@@ -5,10 +5,29 @@ from typing import Annotated, Optional
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import (CheckpointArg, Context, Device, DeviceOpt, EncodingErrors, EncodingErrorsOpt,
-                                   JsonOpt, Precision, PrecisionOpt, QuietOpt, ThreadsOpt, choices)
-from rnnlm_cli.config import (DYNAMIC_RULES, TUNE_CACHE_LAMBDAS, TUNE_CACHE_THETAS, TUNE_CACHE_WINDOWS,
-                              TUNE_DYNAMIC_DECAYS, TUNE_DYNAMIC_LRS, DynamicSettings)
+from rnnlm_cli.cli.options import (
+    CheckpointArg,
+    Context,
+    Device,
+    DeviceOpt,
+    EncodingErrors,
+    EncodingErrorsOpt,
+    JsonOpt,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    ThreadsOpt,
+    choices,
+)
+from rnnlm_cli.config import (
+    DYNAMIC_RULES,
+    TUNE_CACHE_LAMBDAS,
+    TUNE_CACHE_THETAS,
+    TUNE_CACHE_WINDOWS,
+    TUNE_DYNAMIC_DECAYS,
+    TUNE_DYNAMIC_LRS,
+    DynamicSettings,
+)
 
 NAME = "tune"
 
@@ -85,7 +104,7 @@ def command(
       rnnlm tune ptb.pt valid.txt --cache --cache-window 200 --cache-window 1000
     """
     from rnnlm_cli.config import TUNE_NGRAM_WEIGHTS, TuneConfig
-    from rnnlm_cli.tune import tune
+    from rnnlm_cli.jobs.tune import tune
 
     output.setup_logging(quiet)
     config = TuneConfig(

@@ -23,9 +23,9 @@ import torch
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import FillConfig
 from rnnlm_cli.errors import ConfigError, InputError
-from rnnlm_cli.scoring import score_lines_backward, score_token_lines
 from rnnlm_cli.model import RNNLanguageModel, select_rows
 from rnnlm_cli.runtime import autocast, configure_threads, poll_threads, resolve_device
+from rnnlm_cli.scoring import score_lines_backward, score_token_lines
 
 log = logging.getLogger(__name__)
 

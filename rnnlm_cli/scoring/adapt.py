@@ -297,7 +297,7 @@ class AdaptedScorer:
         self.dynamic = DynamicEvaluation(model, dynamic, rms) if dynamic is not None else None
         self.segment = dynamic.segment if dynamic is not None else 0
         self.batch_size = batch_size  # lines per forward call in line context without dynamic evaluation
-        # keep_features: record each line's model scores and top-layer states, for tuning (rnnlm_cli.tune)
+        # keep_features: record each line's model scores and top-layer states, for tuning (rnnlm_cli.jobs.tune)
         self.keep_features = keep_features
         self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.start()

@@ -28,12 +28,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rnnlm_cli.adapt import AdaptedScorer, adapted_precision, open_ngram, rms_statistics
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import EvalConfig
 from rnnlm_cli.errors import CheckpointError, ConfigError, InputError
-from rnnlm_cli.runtime import autocast, configure_threads, keep_freed_memory, resolve_device
-from rnnlm_cli.scoring import score_lines_backward, score_stream_lines, score_token_lines
+from rnnlm_cli.runtime import (
+    autocast,
+    configure_threads,
+    keep_freed_memory,
+    resolve_device,
+)
+from rnnlm_cli.scoring import (
+    score_lines_backward,
+    score_stream_lines,
+    score_token_lines,
+)
+from rnnlm_cli.scoring.adapt import (
+    AdaptedScorer,
+    adapted_precision,
+    open_ngram,
+    rms_statistics,
+)
 from rnnlm_cli.textio import STDIN, display_name, iter_lines, read_path_list
 
 log = logging.getLogger(__name__)
@@ -195,7 +209,7 @@ class EvalResult:
     tokenizer_kind: str
     vocab_size: int
     direction: str = "forward"  # of the model: forward | backward | both
-    # the adaptations in force (rnnlm_cli.adapt), each None or its settings
+    # the adaptations in force (rnnlm_cli.scoring.adapt), each None or its settings
     adaptations: dict[str, Any] = field(default_factory=lambda: {"cache": None, "dynamic": None, "ngram": None})
     files: list[CorpusScore] = field(default_factory=list)
     total: CorpusScore = field(default_factory=lambda: CorpusScore("total"))

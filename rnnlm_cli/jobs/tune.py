@@ -17,12 +17,23 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from rnnlm_cli.adapt import (AdaptedScorer, adapted_precision, cache_probabilities, mix, open_ngram,
-                              rms_statistics)
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import CacheSettings, DynamicSettings, TuneConfig
 from rnnlm_cli.errors import InputError
-from rnnlm_cli.runtime import autocast, configure_threads, keep_freed_memory, resolve_device
+from rnnlm_cli.runtime import (
+    autocast,
+    configure_threads,
+    keep_freed_memory,
+    resolve_device,
+)
+from rnnlm_cli.scoring.adapt import (
+    AdaptedScorer,
+    adapted_precision,
+    cache_probabilities,
+    mix,
+    open_ngram,
+    rms_statistics,
+)
 from rnnlm_cli.textio import display_name, iter_lines
 
 

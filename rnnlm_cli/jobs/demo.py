@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from rnnlm_cli.config import EvalConfig, SampleConfig, TokenizeConfig, TrainConfig
-from rnnlm_cli.data import DatasetSummary, tokenize_corpus
 from rnnlm_cli.errors import DatasetError
-from rnnlm_cli.evaluate import EvalResult, evaluate
-from rnnlm_cli.generate import SampleResult, sample
-from rnnlm_cli.train import TrainResult, train
+from rnnlm_cli.jobs.evaluate import EvalResult, evaluate
+from rnnlm_cli.jobs.sample import SampleResult, sample
+from rnnlm_cli.jobs.tokenize import DatasetSummary, tokenize_corpus
+from rnnlm_cli.jobs.train import TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ DEMO_PROMPTS = ["Tom", "On Sunday ,", "太郎は", "日曜日に"]
 
 def demo_corpus() -> Path:
     """The demo corpus: inside the installed package, or at the top of a source checkout."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # rnnlm_cli
     for candidate in (package / "demo_corpus", package.parent / "corpora" / "demo"):
         if (candidate / "train.txt").exists():
             return candidate

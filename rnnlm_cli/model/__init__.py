@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from rnnlm_cli.config import DEFAULT_CUTOFFS, check_architecture
 from rnnlm_cli.errors import ConfigError
-from rnnlm_cli.lstm_cpu import lstm_layer
-from rnnlm_cli.output_loss import linear_cross_entropy, linear_nll
+from rnnlm_cli.model.lstm_cpu import lstm_layer
+from rnnlm_cli.model.output_loss import linear_cross_entropy, linear_nll
 
 # LSTM state is (h, c); the other cells carry h alone. Each is (layers, batch, hidden_size).
 Hidden = Union[Tensor, tuple[Tensor, Tensor]]

@@ -5,7 +5,7 @@ Each line is its token ids with the end-of-sentence id last; the first token of 
 ``<eos>``. ``score_stream`` reads one stream with the state carried, in chunks of ``STREAM_CHUNK`` positions;
 ``score_token_lines`` reads lines from fresh states, batched longest first and put back in input order;
 ``score_prefix_tree`` reads many sequences that share prefixes (n-best lists) scoring each shared prefix once.
-The adaptations that change these scores (cache, dynamic evaluation, n-gram mix) are in ``rnnlm_cli.adapt``.
+The adaptations that change these scores (cache, dynamic evaluation, n-gram mix) are in ``rnnlm_cli.scoring.adapt``.
 """
 
 from __future__ import annotations

@@ -35,14 +35,27 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rnnlm_cli.adapt import mix, open_ngram
 from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import RescoreConfig, RescoreWeights
 from rnnlm_cli.errors import CheckpointError, ConfigError, InputError
 from rnnlm_cli.model import RNNLanguageModel
-from rnnlm_cli.nbest import DEFAULT_UNITS, NbestList, WordMap, attach_costs, read_nbest, read_refs
-from rnnlm_cli.runtime import autocast, configure_threads, keep_freed_memory, poll_threads, resolve_device
+from rnnlm_cli.nbest import (
+    DEFAULT_UNITS,
+    NbestList,
+    WordMap,
+    attach_costs,
+    read_nbest,
+    read_refs,
+)
+from rnnlm_cli.runtime import (
+    autocast,
+    configure_threads,
+    keep_freed_memory,
+    poll_threads,
+    resolve_device,
+)
 from rnnlm_cli.scoring import score_prefix_tree
+from rnnlm_cli.scoring.adapt import mix, open_ngram
 from rnnlm_cli.textio import display_name
 
 log = logging.getLogger(__name__)

@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm  # noqa: E402
+from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm
 
-from rnnlm_cli.checkpoint import load_checkpoint  # noqa: E402
-from rnnlm_cli.config import CacheSettings, DynamicSettings, EvalConfig, NgramSettings  # noqa: E402
-from rnnlm_cli.jobs.evaluate import evaluate  # noqa: E402
+from rnnlm_cli.checkpoint import load_checkpoint
+from rnnlm_cli.config import CacheSettings, DynamicSettings, EvalConfig, NgramSettings
+from rnnlm_cli.jobs.evaluate import evaluate
 
 MODES = ("cache", "dynamic", "ngram")
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     ROOT,
     SHARED_DATA,
     machine,
@@ -59,7 +59,7 @@ def main() -> None:
 def _speeds(run: dict) -> tuple[float, float, int]:
     """(tokens/s inside the epochs, tokens/s of the whole process, training tokens) of one run."""
     tokens, seconds = training_time(run["history"])
-    return tokens / seconds, tokens / run["process_seconds"], int(round(tokens))
+    return tokens / seconds, tokens / run["process_seconds"], round(tokens)
 
 
 def report(runs: dict, minutes: float, data_dir: Path) -> str:

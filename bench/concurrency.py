@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, machine, publish, run_rnnlm, tokenized, training_time  # noqa: E402
+from common import SHARED_DATA, machine, publish, run_rnnlm, tokenized, training_time
 
 SETTINGS = {"auto": [], "--threads 2": ["--threads", "2"]}
 
@@ -100,7 +100,8 @@ def table(results: dict[tuple[str, str], dict]) -> str:
         fixed_alone = by_setting["--threads 2"]["alone"]
         for setting, figures in by_setting.items():
             rows.append(f"| {workload} {preset} | {setting} | {figures['alone']:,.0f} | {figures['pair']:,.0f} | "
-                        f"{figures['pair_min'] / figures['alone']:.0%} | {2 * figures['pair'] / figures['alone']:.2f}x | "
+                        f"{figures['pair_min'] / figures['alone']:.0%} | "
+                        f"{2 * figures['pair'] / figures['alone']:.2f}x | "
                         f"{figures['alone'] / fixed_alone:.3f} |")
     return "\n".join(rows)
 

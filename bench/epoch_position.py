@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized  # noqa: E402
+from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized
 
-from rnnlm_cli.checkpoint import load_checkpoint  # noqa: E402
-from rnnlm_cli.jobs.train import last_state_path, metrics_path  # noqa: E402
+from rnnlm_cli.checkpoint import load_checkpoint
+from rnnlm_cli.jobs.train import last_state_path, metrics_path
 
 
 def main() -> None:

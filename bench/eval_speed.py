@@ -30,14 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, machine, publish, run_rnnlm, timed  # noqa: E402
+from common import SHARED_DATA, machine, publish, run_rnnlm, timed
 
-from rnnlm_cli.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
-from rnnlm_cli.config import EvalConfig, TokenizeConfig  # noqa: E402
-from rnnlm_cli.data import Dataset  # noqa: E402
-from rnnlm_cli.jobs.evaluate import evaluate  # noqa: E402
-from rnnlm_cli.jobs.tokenize import tokenize_corpus  # noqa: E402
-from rnnlm_cli.model import ModelConfig, RNNLanguageModel  # noqa: E402
+from rnnlm_cli.checkpoint import Checkpoint, save_checkpoint
+from rnnlm_cli.config import EvalConfig, TokenizeConfig
+from rnnlm_cli.data import Dataset
+from rnnlm_cli.jobs.evaluate import evaluate
+from rnnlm_cli.jobs.tokenize import tokenize_corpus
+from rnnlm_cli.model import ModelConfig, RNNLanguageModel
 
 EOS = 1
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, publish  # noqa: E402
+from common import machine, publish
 
-from rnnlm_cli.config import EvalConfig  # noqa: E402
-from rnnlm_cli.jobs.evaluate import iter_line_scores  # noqa: E402
+from rnnlm_cli.config import EvalConfig
+from rnnlm_cli.jobs.evaluate import iter_line_scores
 
 
 def scores(checkpoint: str, text: str, batch_size: int) -> tuple[np.ndarray, list[int]]:

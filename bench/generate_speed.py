@@ -19,15 +19,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, machine, publish, run_rnnlm, timed  # noqa: E402
+from common import SHARED_DATA, machine, publish, run_rnnlm, timed
 
-from rnnlm_cli.checkpoint import Checkpoint, load_for_inference, save_checkpoint  # noqa: E402
-from rnnlm_cli.config import FillConfig, SampleConfig, TokenizeConfig  # noqa: E402
-from rnnlm_cli.data import Dataset  # noqa: E402
-from rnnlm_cli.jobs.fill import BlankFiller  # noqa: E402
-from rnnlm_cli.jobs.sample import Generator  # noqa: E402
-from rnnlm_cli.jobs.tokenize import tokenize_corpus  # noqa: E402
-from rnnlm_cli.model import ModelConfig, RNNLanguageModel  # noqa: E402
+from rnnlm_cli.checkpoint import Checkpoint, load_for_inference, save_checkpoint
+from rnnlm_cli.config import FillConfig, SampleConfig, TokenizeConfig
+from rnnlm_cli.data import Dataset
+from rnnlm_cli.jobs.fill import BlankFiller
+from rnnlm_cli.jobs.sample import Generator
+from rnnlm_cli.jobs.tokenize import tokenize_corpus
+from rnnlm_cli.model import ModelConfig, RNNLanguageModel
 
 CLOZE = "the company said it expects ___ to rise sharply in the next few months"
 

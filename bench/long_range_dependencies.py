@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "corpora"))
-import long_range  # noqa: E402
-from common import machine, publish, run_rnnlm  # noqa: E402
+import long_range
+from common import machine, publish, run_rnnlm
 
-from rnnlm_cli.checkpoint import load_for_inference  # noqa: E402
+from rnnlm_cli.checkpoint import load_for_inference
 
 DISTANCES = (5, 20, 50)
 CELLS = ("rnn_tanh", "gru", "lstm")

@@ -28,12 +28,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized  # noqa: E402
+import itertools
 
-from rnnlm_cli.checkpoint import epoch_label, load_checkpoint  # noqa: E402
-from rnnlm_cli.config import PRESET_SOURCES, PRESETS  # noqa: E402
-from rnnlm_cli.jobs.train import last_state_path, metrics_path  # noqa: E402
-from rnnlm_cli.runtime import resolve_precision  # noqa: E402
+from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized
+
+from rnnlm_cli.checkpoint import epoch_label, load_checkpoint
+from rnnlm_cli.config import PRESET_SOURCES, PRESETS
+from rnnlm_cli.jobs.train import last_state_path, metrics_path
+from rnnlm_cli.runtime import resolve_precision
 
 
 def main() -> None:
@@ -86,7 +88,7 @@ def report(args: argparse.Namespace, checkpoint: Path, run: dict, seconds: float
     test = json.loads(stdout)["total"]
     history = run["history"]
     segments = max(1 + sum(after["elapsed_seconds"] < record["elapsed_seconds"]
-                           for record, after in zip(history, history[1:])),
+                           for record, after in itertools.pairwise(history)),
                    max(record.get("process", 1) for record in history))
     how = ("the whole process" if segments == 1 else
            f"the run was trained in {segments} segments continued with --resume; this is their sum")

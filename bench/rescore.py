@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, timed  # noqa: E402
+from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, timed
 
 WORK = ROOT / "checkpoints" / "rescore"
 SETS = ("chime4", "atis")

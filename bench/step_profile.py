@@ -34,15 +34,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, tokenized  # noqa: E402
-from train_speed import plain_loop  # noqa: E402
+from common import SHARED_DATA, tokenized
+from train_speed import plain_loop
 
-from rnnlm_cli.config import PRESETS, TrainConfig  # noqa: E402
-from rnnlm_cli.data import Dataset  # noqa: E402
-from rnnlm_cli.jobs.train import gradient_norm, train  # noqa: E402
-from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden  # noqa: E402
-from rnnlm_cli.model.sgd import PlainSGD  # noqa: E402
-from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_precision  # noqa: E402
+from rnnlm_cli.config import PRESETS, TrainConfig
+from rnnlm_cli.data import Dataset
+from rnnlm_cli.jobs.train import gradient_norm, train
+from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden
+from rnnlm_cli.model.sgd import PlainSGD
+from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_precision
 
 
 def main() -> None:

@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, machine, publish, run_rnnlm, training_time  # noqa: E402
+from common import SHARED_DATA, machine, publish, run_rnnlm, training_time
 
-from rnnlm_cli.config import PRESETS, TokenizeConfig  # noqa: E402
-from rnnlm_cli.data import Dataset  # noqa: E402
-from rnnlm_cli.jobs.tokenize import tokenize_corpus  # noqa: E402
+from rnnlm_cli.config import PRESETS, TokenizeConfig
+from rnnlm_cli.data import Dataset
+from rnnlm_cli.jobs.tokenize import tokenize_corpus
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 

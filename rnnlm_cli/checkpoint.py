@@ -252,13 +252,13 @@ def _check_entries(raw: dict[str, Any], path: Path) -> None:
         raise CheckpointError(f"{path}: its 'model' entry is not a table of named tensors")
     config = raw["model_config"]
     for name, value in config.items():
-        wrong = (name in _INT_SETTINGS and (isinstance(value, bool) or not isinstance(value, int))
-                 or name in _NUMBER_SETTINGS and value is not None and (isinstance(value, bool)
-                                                                        or not isinstance(value, (int, float)))
-                 or name in _TEXT_SETTINGS and not isinstance(value, str)
-                 or name in _FLAG_SETTINGS and not isinstance(value, bool)
-                 or name == "cutoffs" and value is not None and not (
-                     isinstance(value, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in value)))
+        wrong = ((name in _INT_SETTINGS and (isinstance(value, bool) or not isinstance(value, int)))
+                 or (name in _NUMBER_SETTINGS and value is not None and (isinstance(value, bool)
+                                                                        or not isinstance(value, (int, float))))
+                 or (name in _TEXT_SETTINGS and not isinstance(value, str))
+                 or (name in _FLAG_SETTINGS and not isinstance(value, bool))
+                 or (name == "cutoffs" and value is not None and not (
+                     isinstance(value, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in value))))
         if wrong:
             raise CheckpointError(f"{path}: model_config[{name!r}] is {value!r}, not a valid setting")
     if config.get("cell", "lstm") not in _GATES:

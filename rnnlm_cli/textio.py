@@ -25,7 +25,7 @@ def _open_binary(path: str) -> BinaryIO:
     if file.is_dir():
         raise InputError(f"{path}: is a directory, expected a text file")
     try:
-        return open(file, "rb")  # noqa: SIM115 - closed by the caller
+        return open(file, "rb")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as error:

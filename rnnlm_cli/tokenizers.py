@@ -261,15 +261,14 @@ class SentencePieceTokenizer(Tokenizer):
         distinct = len(counts)  # the text's own characters (a space counted as one)
         counts[SPACE_SYMBOL] += starts  # sentencepiece puts one before every line
         plan = plan_characters(counts, size, character_coverage)
-        if plan.keep is not None:
-            if plan.needed > size:
-                log.warning(
-                    "the training text has %s distinct characters; keeping %.2f%% of its characters whole "
-                    "(--character-coverage %g) takes a vocabulary of %s (with <unk>, <eos> and 256 byte pieces), "
-                    "so with --vocab-size %s it keeps the %s most frequent (%.2f%% of the text) and spells the rest "
-                    "in UTF-8 bytes; give --vocab-size %s to keep them all", f"{distinct:,}",
-                    100 * character_coverage, character_coverage, f"{plan.needed:,}", f"{size:,}",
-                    f"{len(plan.keep):,}", 100 * plan.coverage, plan.needed)
+        if plan.keep is not None and plan.needed > size:
+            log.warning(
+                "the training text has %s distinct characters; keeping %.2f%% of its characters whole "
+                "(--character-coverage %g) takes a vocabulary of %s (with <unk>, <eos> and 256 byte pieces), "
+                "so with --vocab-size %s it keeps the %s most frequent (%.2f%% of the text) and spells the rest "
+                "in UTF-8 bytes; give --vocab-size %s to keep them all", f"{distinct:,}",
+                100 * character_coverage, character_coverage, f"{plan.needed:,}", f"{size:,}",
+                f"{len(plan.keep):,}", 100 * plan.coverage, plan.needed)
         keep = plan.keep
         # sentencepiece keeps every character it sees at coverage 1: it sees only those to keep
         sentences = text(reread()) if keep is None else (

@@ -4,6 +4,7 @@ here from the formulas, for exact agreement where the math allows, causality, an
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from pathlib import Path
@@ -147,7 +148,7 @@ def write_arpa(path: Path, text: str) -> Path:
 
     sentences = [["<s>", *line.split(), "</s>"] for line in text.splitlines()]
     unigrams = Counter(word for sentence in sentences for word in sentence[1:])
-    bigrams = Counter(pair for sentence in sentences for pair in zip(sentence, sentence[1:]))
+    bigrams = Counter(pair for sentence in sentences for pair in itertools.pairwise(sentence))
     history = Counter(word for sentence in sentences for word in sentence[:-1])
     vocab = sorted(unigrams) + ["<s>", "<unk>"]
     total_count = sum(unigrams.values()) + len(vocab)

@@ -219,5 +219,5 @@ def test_the_readme_layout_table_names_every_module():
     for module in sorted((root / "rnnlm_cli").rglob("*.py")):
         folder = module.parent.relative_to(root).as_posix() + "/"
         assert folder in rows, f"no row for {folder}"
-        assert module.name in rows[folder] or module.name == "__init__.py" and folder != "rnnlm_cli/", \
+        assert module.name in rows[folder] or (module.name == "__init__.py" and folder != "rnnlm_cli/"), \
             f"{folder}{module.name}"

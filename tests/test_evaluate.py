@@ -131,7 +131,7 @@ def test_batched_evaluator_matches_a_token_by_token_loop(word_dataset, tmp_path,
 
 def test_cli_totals_match_the_reference_and_do_not_depend_on_batch_size(cli, word_dataset, tmp_path, text_file):
     checkpoint = make_checkpoint(tmp_path / "m.pt", word_dataset, seed=5)
-    model, tokenizer = load_model(checkpoint)
+    _model, tokenizer = load_model(checkpoint)
     lines = [enc.ids + [tokenizer.eos_id] for enc in tokenizer.encode_many(TEXT.splitlines())]
     for context, carry in (("line", False), ("stream", True)):
         expected = sum(_reference_nll(checkpoint, lines, tokenizer.eos_id, carry_state=carry))
@@ -213,7 +213,7 @@ def test_line_level_tsv_and_json_lines(cli, word_model, corpus, text_file):
 
 def test_token_level_matches_the_reference_loop(cli, word_dataset, tmp_path, text_file):
     checkpoint = make_checkpoint(tmp_path / "m.pt", word_dataset, cell="gru", seed=11)
-    model, tokenizer = load_model(checkpoint)
+    _model, tokenizer = load_model(checkpoint)
     lines = [enc.ids + [tokenizer.eos_id] for enc in tokenizer.encode_many(TEXT.splitlines())]
     for context, carry in (("line", False), ("stream", True)):
         expected = _reference_nll(checkpoint, lines, tokenizer.eos_id, carry_state=carry)

@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY_MODEL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "corpora"))
-import long_range  # noqa: E402
+import long_range
 
 
 @pytest.mark.parametrize("distance", [5, 20, 50])

@@ -205,10 +205,11 @@ def test_tuning_finds_planted_weights(cli, word_model, tmp_path):
     pytest.importorskip("jiwer")
     model, tokenizer, _ = load_for_inference(word_model)
     rng = random.Random(3)
-    words = "Yuki Sam Hana Ken gave the a letter book umbrella to near put found .".split()
+    words = ["Yuki", "Sam", "Hana", "Ken", "gave", "the", "a", "letter", "book", "umbrella", "to", "near", "put",
+             "found", "."]
     rows, lm_weight, word_penalty = [], 0.5, -1.0
     lines = []
-    for u in range(40):
+    for _ in range(40):
         hyps = list(dict.fromkeys(" ".join(rng.choice(words) for _ in range(rng.randint(3, 8))) for _ in range(6)))
         lines.append(hyps)
     flat = [hyp for hyps in lines for hyp in hyps]

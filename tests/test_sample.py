@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -161,7 +162,7 @@ def test_samples_grow_token_by_token_while_generated(word_model):
         texts = [text for i, text, _ in updates if i == index]
         # an update per token that changes the text (a trailing end of line shows once something follows it)
         assert 5 <= len(texts) <= 8 and texts[-1] == item.text and texts[0].startswith("Tom")
-        assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
+        assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(texts))
         flags = [complete for i, _, complete in updates if i == index]
         assert flags[-1] and not any(flags[:-1])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -86,7 +87,8 @@ def test_max_time_stops_mid_epoch_and_resume_finishes_exactly(cli, word_dataset,
 
 
 class _ShiftedClock:
-    """`time` for rnnlm_cli.jobs.train.budget with a clock that can be moved forward: validations that take 10 s, for nothing.
+    """`time` for rnnlm_cli.jobs.train.budget with a clock that can be moved forward: validations that take 10 s,
+    for nothing.
     ``real=False`` stops the real time from counting, so that only the moves do: a test of the budget's arithmetic
     then passes however busy the machine is."""
 
@@ -217,7 +219,7 @@ def test_plateau_decay_and_early_stop(cli, word_dataset, tmp_path):
     history = summary["history"]
     assert summary["stop_reason"] == "early_stop" and summary["epochs"] == len(history) < 40
     best = math.inf
-    for record, following in zip(history, history[1:]):
+    for record, following in itertools.pairwise(history):
         improved = record["valid_loss"] < best
         best = min(best, record["valid_loss"])
         assert following["lr"] == pytest.approx(record["lr"] if improved else record["lr"] / 2)
@@ -307,8 +309,8 @@ def test_cosine_schedule_warms_up_then_decays():
     schedule = LearningRate(config, steps_per_epoch=11)
     rates = [schedule.step(step, 0.0) for step in range(110)]
     assert rates[0] == pytest.approx(0.001) and rates[9] == pytest.approx(0.01)
-    assert all(a <= b for a, b in zip(rates[:10], rates[1:10]))
-    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert all(a <= b for a, b in itertools.pairwise(rates[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
     assert rates[60] == pytest.approx(0.005) and rates[-1] < 1e-5
 
 

@@ -7,13 +7,12 @@ import os
 import signal
 
 import pytest
+from conftest import TINY_MODEL
 
 from rnnlm_cli.config import TrainConfig
 from rnnlm_cli.errors import CheckpointError, ConfigError
 from rnnlm_cli.jobs.train.budget import Budget, StopSignals
 from rnnlm_cli.jobs.train.step import LearningRate
-
-from conftest import TINY_MODEL
 
 
 class Clock:

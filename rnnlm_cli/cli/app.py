@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import inspect
 import os
@@ -225,8 +226,6 @@ def _exit(code: object) -> NoReturn:
             thread.join()
     atexit._run_exitfuncs()  # logging's flush, multiprocessing's clean-up, weakref finalizers
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a reader that went away (`| head`), a closed stream
             stream.flush()
-        except (OSError, ValueError):  # a reader that went away (`| head`) or a closed stream: nothing to keep
-            pass
     os._exit(code)

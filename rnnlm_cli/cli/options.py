@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -43,7 +43,7 @@ QuietOpt = Annotated[
 ]
 THREADS_DEFAULT = ("OMP_NUM_THREADS if set; else 1 for tiny models, and for others every core while no other "
                    "process keeps one busy, one fewer per busy core")
-ThreadsOpt = Annotated[Optional[int], typer.Option(
+ThreadsOpt = Annotated[int | None, typer.Option(
     min=1, show_default=False, help=f"CPU threads for the matrix work. [default: {THREADS_DEFAULT}]")]
 PrecisionOpt = Annotated[Precision, typer.Option(
     help="fp32 gives exact scores; bf16 runs matrix products in bfloat16 (faster on CPUs with AVX-512 BF16 or "

@@ -28,14 +28,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import EvalConfig
 from rnnlm_cli.errors import CheckpointError, ConfigError, InputError
 from rnnlm_cli.runtime import (
     autocast,
-    configure_threads,
-    keep_freed_memory,
-    resolve_device,
 )
 from rnnlm_cli.scoring import (
     score_lines_backward,
@@ -48,6 +44,7 @@ from rnnlm_cli.scoring.adapt import (
     open_ngram,
     rms_statistics,
 )
+from rnnlm_cli.scoring.inference import load_model
 from rnnlm_cli.textio import STDIN, display_name, iter_lines, read_path_list
 
 log = logging.getLogger(__name__)
@@ -270,10 +267,9 @@ class Scorer:
 
     def __init__(self, config: EvalConfig) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
-        keep_freed_memory()
-        self.model, self.tokenizer, checkpoint = load_for_inference(config.checkpoint, self.device)
-        configure_threads(config.threads, self.model.multiply_adds_per_token())
+        loaded = load_model(config.checkpoint, config.device, config.threads)
+        self.device, self.model, self.tokenizer, checkpoint = loaded.device, loaded.model, loaded.tokenizer, \
+            loaded.checkpoint
         self.inputs = resolve_inputs(config)
         self.direction = self.model.config.direction
         self.context = config.context

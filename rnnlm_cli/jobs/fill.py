@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import FillConfig
 from rnnlm_cli.errors import ConfigError, InputError
 from rnnlm_cli.model import RNNLanguageModel, select_rows
-from rnnlm_cli.runtime import autocast, configure_threads, poll_threads, resolve_device
+from rnnlm_cli.runtime import autocast, poll_threads
 from rnnlm_cli.scoring import score_lines_backward, score_token_lines
+from rnnlm_cli.scoring.inference import load_model
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,8 @@ class BlankFiller:
 
     def __init__(self, config: FillConfig) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
-        self.model, self.tokenizer, _ = load_for_inference(config.checkpoint, self.device)
-        configure_threads(config.threads, self.model.multiply_adds_per_token())
+        loaded = load_model(config.checkpoint, config.device, config.threads)
+        self.device, self.model, self.tokenizer = loaded.device, loaded.model, loaded.tokenizer
         if config.candidates is None and self.tokenizer.kind != "word":
             raise ConfigError(f"a {self.tokenizer.kind} model ranks whole strings only: give --candidates a,b,c")
         self._warned_context = False

@@ -90,7 +90,8 @@ def _overrides(settings: dict[str, Any]) -> list[str]:
     try:
         plain = TrainConfig.from_preset(preset, dataset="", out="")
         # without --lr, the learning rate is the chosen optimizer's default
-        chosen = TrainConfig.from_preset(preset, dataset="", out="", optimizer=settings.get("optimizer", plain.optimizer))
+        chosen = TrainConfig.from_preset(preset, dataset="", out="",
+                                         optimizer=settings.get("optimizer", plain.optimizer))
     except (RnnlmError, TypeError):  # a preset or setting this version no longer knows
         return []
     baseline = {**asdict(plain), "lr": chosen.lr}

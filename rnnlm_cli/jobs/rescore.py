@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import RescoreConfig, RescoreWeights
 from rnnlm_cli.errors import CheckpointError, ConfigError, InputError
 from rnnlm_cli.model import RNNLanguageModel
@@ -49,13 +48,11 @@ from rnnlm_cli.nbest import (
 )
 from rnnlm_cli.runtime import (
     autocast,
-    configure_threads,
-    keep_freed_memory,
     poll_threads,
-    resolve_device,
 )
 from rnnlm_cli.scoring import score_prefix_tree
 from rnnlm_cli.scoring.adapt import mix, open_ngram
+from rnnlm_cli.scoring.inference import load_model
 from rnnlm_cli.textio import display_name
 
 log = logging.getLogger(__name__)
@@ -121,13 +118,11 @@ def rescore(config: RescoreConfig, progress: bool = False) -> RescoreResult:
     attach_costs(nbest, config.costs)
     config.weights.columns(len(nbest.score_names))  # a wrong number of --score-weight: before the model loads
     word_map = WordMap(config.word_map) if config.word_map is not None else None
-    device = resolve_device(config.device)
-    keep_freed_memory()
-    model, tokenizer, _ = load_for_inference(config.checkpoint, device)
+    loaded = load_model(config.checkpoint, config.device, config.threads)
+    device, model, tokenizer = loaded.device, loaded.model, loaded.tokenizer
     if model.config.direction == "backward":
         raise ConfigError("rescoring reads hypotheses left to right, and this model reads right to left only; use a "
                           "forward model (or a biLM, whose forward direction scores)")
-    configure_threads(config.threads, model.multiply_adds_per_token())
     ngram = open_ngram(config.ngram, tokenizer) if config.ngram is not None else None
     units = config.units or DEFAULT_UNITS[nbest.format]
     per_unit = LN10 if units == "log10" else 1.0

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import SampleConfig
 from rnnlm_cli.errors import InputError
 from rnnlm_cli.model import Hidden, RNNLanguageModel, select_rows
-from rnnlm_cli.runtime import configure_threads, poll_threads, resolve_device
+from rnnlm_cli.runtime import poll_threads
+from rnnlm_cli.scoring.inference import load_model
 from rnnlm_cli.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,8 @@ class Generator:
 
     def __init__(self, config: SampleConfig) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
-        self.model, self.tokenizer, _ = load_for_inference(config.checkpoint, self.device)
-        configure_threads(config.threads, self.model.multiply_adds_per_token())
+        loaded = load_model(config.checkpoint, config.device, config.threads)
+        self.device, self.model, self.tokenizer = loaded.device, loaded.model, loaded.tokenizer
         if self.model.config.direction == "backward":
             raise InputError(f"{config.checkpoint}: a backward model reads right to left and cannot continue a "
                              "prompt; sample from a forward or a bidirectional (--direction both) model")

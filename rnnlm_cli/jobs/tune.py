@@ -17,14 +17,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from rnnlm_cli.checkpoint import load_for_inference
 from rnnlm_cli.config import CacheSettings, DynamicSettings, TuneConfig
 from rnnlm_cli.errors import InputError
 from rnnlm_cli.runtime import (
     autocast,
-    configure_threads,
-    keep_freed_memory,
-    resolve_device,
 )
 from rnnlm_cli.scoring.adapt import (
     AdaptedScorer,
@@ -34,6 +30,7 @@ from rnnlm_cli.scoring.adapt import (
     open_ngram,
     rms_statistics,
 )
+from rnnlm_cli.scoring.inference import load_model
 from rnnlm_cli.textio import display_name, iter_lines
 
 
@@ -85,10 +82,8 @@ class TuneResult:
 
 
 def tune(config: TuneConfig, progress: bool = False) -> TuneResult:
-    device = resolve_device(config.device)
-    keep_freed_memory()
-    model, tokenizer, checkpoint = load_for_inference(config.checkpoint, device)
-    configure_threads(config.threads, model.multiply_adds_per_token())
+    loaded = load_model(config.checkpoint, config.device, config.threads)
+    device, model, tokenizer, checkpoint = loaded.device, loaded.model, loaded.tokenizer, loaded.checkpoint
     ngram = open_ngram(config.ngram_settings(), tokenizer) if config.ngram else None
     precision = adapted_precision(config.precision, config.dynamic)
     texts = list(iter_lines(config.text, errors=config.encoding_errors))

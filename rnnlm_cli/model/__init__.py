@@ -18,7 +18,7 @@ stack, ``rnn_backward``, for the right-to-left direction, sharing the embedding 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from rnnlm_cli.model.lstm_cpu import lstm_layer
 from rnnlm_cli.model.output_loss import linear_cross_entropy, linear_nll
 
 # LSTM state is (h, c); the other cells carry h alone. Each is (layers, batch, hidden_size).
-Hidden = Union[Tensor, tuple[Tensor, Tensor]]
+Hidden = Tensor | tuple[Tensor, Tensor]
 # In bf16 and from this width on, lstm_cpu trains faster on CPUs than oneDNN's fused LSTM. Measured
 # per layer, forward + backward, batch 20: 650 units x 35 steps: lstm_cpu bf16 80 ms, oneDNN fp32
 # 86 ms, oneDNN bf16 107 ms (lstm_cpu fp32 208 ms); 200 units x 20 steps: lstm_cpu bf16 13.7 ms,

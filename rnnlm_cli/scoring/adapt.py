@@ -132,7 +132,7 @@ class NgramModel:
         try:
             with _stderr_silenced():  # KenLM's C++ writes its advice on loading straight to file descriptor 2
                 self.model = kenlm.Model(str(path), config)
-        except Exception as error:  # kenlm raises OSError or RuntimeError with its C++ message
+        except Exception as error:  # noqa: BLE001 - kenlm raises OSError or RuntimeError with its C++ message
             reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
             raise InputError(f"{path}: not a readable ARPA or KenLM binary n-gram model ({reason})") from None
         self.path = path

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -44,17 +44,17 @@ TOKEN_COLUMNS = ("file", "line", "position", "token", "oov", "log10_prob")
 
 def command(
     checkpoint: CheckpointArg,
-    files: Annotated[Optional[list[str]], typer.Argument(
+    files: Annotated[list[str] | None, typer.Argument(
         metavar="FILE", show_default=False,
         help="Text files to score, one sentence per line; - reads stdin.")] = None,
-    files_from: Annotated[Optional[str], typer.Option(
+    files_from: Annotated[str | None, typer.Option(
         metavar="LIST", show_default=False,
         help="Also score the files listed in LIST, one path per line (- reads the list from stdin).")] = None,
     level: Annotated[Level, typer.Option(
         help="summary: one row per file and a total; line: one row per input line, in input order; "
              "token: one row per token with its log10 probability. line and token stream as they go.")
     ] = Level("summary"),
-    output_format: Annotated[Optional[Format], typer.Option(
+    output_format: Annotated[Format | None, typer.Option(
         "--format", show_default=False,
         help="table (summary only), tsv (with a header) or json (one document for summary, JSON Lines "
              "for line and token). [default: table for summary, tsv for line and token]")] = None,
@@ -73,46 +73,46 @@ def command(
         "--cache", help="Mix in a continuous cache (Grave et al. 2017): the tokens that followed the recent states "
                         "most like the current one get more probability. Pick its settings with `rnnlm tune`.")
     ] = False,
-    cache_window: Annotated[Optional[int], typer.Option(
+    cache_window: Annotated[int | None, typer.Option(
         min=1, show_default=False,
         help=f"Positions the cache looks back over. [default: {_CACHE.window}, awd-lstm-lm's for PTB]")] = None,
-    cache_theta: Annotated[Optional[float], typer.Option(
+    cache_theta: Annotated[float | None, typer.Option(
         min=0, show_default=False,
         help=f"Sharpness of the cache's attention over those positions. [default: {_CACHE.theta}, tuned on PTB "
              f"valid for the small preset]")] = None,
-    cache_lambda: Annotated[Optional[float], typer.Option(
+    cache_lambda: Annotated[float | None, typer.Option(
         min=0, max=1, show_default=False,
         help=f"The cache's share of the probability. [default: {_CACHE.lam}, tuned likewise]")] = None,
     dynamic: Annotated[bool, typer.Option(
         "--dynamic", help="Dynamic evaluation: score each segment of text, then take one gradient step on it, so "
                           "the model adapts to the text as it reads (the checkpoint file is not changed). Runs in "
                           "fp32 whatever --precision says: its small steps vanish in bf16.")] = False,
-    dynamic_rule: Annotated[Optional[DynamicRule], typer.Option(
+    dynamic_rule: Annotated[DynamicRule | None, typer.Option(
         show_default=False,
         help="rms: Krause et al. 2018, steps scaled per weight by its gradient RMS on the training text and pulled "
              "back toward the trained weights (the default: it gained most in their tests and in ours); sgd: plain "
              "steps, as in Mikolov's rnnlm, needing no training text. [default: rms]")] = None,
-    dynamic_lr: Annotated[Optional[float], typer.Option(
+    dynamic_lr: Annotated[float | None, typer.Option(
         min=0, show_default=False,
         help=f"Step size. [default: {DYNAMIC_LR['rms']:g} for rms, {DYNAMIC_LR['sgd']:g} for sgd: tuned on PTB "
              f"valid for the small preset]")] = None,
-    dynamic_decay: Annotated[Optional[float], typer.Option(
+    dynamic_decay: Annotated[float | None, typer.Option(
         min=0, max=1, show_default=False,
         help=f"Pull toward the trained weights at each step. [default: {_DYNAMIC.decay}, tuned likewise]")] = None,
-    dynamic_segment: Annotated[Optional[int], typer.Option(
+    dynamic_segment: Annotated[int | None, typer.Option(
         min=1, show_default=False,
         help=f"Tokens scored before each step (with --context line: each line is a segment). Shorter adapts "
              f"sooner and costs more. [default: {_DYNAMIC.segment}]")] = None,
-    dynamic_data: Annotated[Optional[str], typer.Option(
+    dynamic_data: Annotated[str | None, typer.Option(
         metavar="DIR", show_default=False,
         help="The dataset directory the model was trained on (rnnlm tokenize's), for rms's gradient statistics "
              "from its training split. [default: the one the checkpoint records]")] = None,
-    ngram: Annotated[Optional[str], typer.Option(
+    ngram: Annotated[str | None, typer.Option(
         metavar="MODEL", show_default=False,
         help="Interpolate each token's probability with an n-gram model (ARPA or KenLM binary, read with the "
              "kenlm module: pip install 'rnnlm-cli[ngram]'); word-level models only. Words outside the model's "
              "vocabulary are scored by it as <unk> and by the n-gram as themselves.")] = None,
-    ngram_weight: Annotated[Optional[float], typer.Option(
+    ngram_weight: Annotated[float | None, typer.Option(
         min=0, max=1, show_default=False,
         help=f"The n-gram's share: p = (1 - W) p_rnn + W p_ngram. [default: {_NGRAM.weight}, tuned on PTB valid "
              f"for the small preset with a Kneser-Ney 5-gram]")] = None,

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,12 +23,12 @@ TSV_COLUMNS = ("sentence", "rank", "filler", "logprob", "probability")
 
 def command(
     checkpoint: CheckpointArg,
-    sentences: Annotated[Optional[list[str]], typer.Argument(
+    sentences: Annotated[list[str] | None, typer.Argument(
         metavar="SENTENCE", show_default=False,
         help="Sentences with one blank (___) each, tokenized the way the model's training text was.")] = None,
-    sentences_from: Annotated[Optional[str], typer.Option(
+    sentences_from: Annotated[str | None, typer.Option(
         metavar="FILE", show_default=False, help="Read sentences one per line from FILE (- reads stdin).")] = None,
-    candidates: Annotated[Optional[str], typer.Option(
+    candidates: Annotated[str | None, typer.Option(
         metavar="A,B,C", show_default=False,
         help="Rank only these fillers (comma-separated; each may be several words). Needed for subword "
              "and character models; word models rank their whole vocabulary without it.")] = None,

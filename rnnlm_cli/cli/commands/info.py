@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,7 +21,7 @@ HIDDEN_SETTINGS = ("dataset", "out", "force", "preset")  # shown elsewhere, or o
 
 def command(
     checkpoint: CheckpointArg,
-    plot: Annotated[Optional[str], typer.Option(
+    plot: Annotated[str | None, typer.Option(
         metavar="FILE", show_default=False,
         help="Also draw the training curve into FILE (.png, .svg or .pdf; needs the `plot` extra, matplotlib); "
              "runs trained with --log-gradients add the gradient charts.")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -40,7 +40,7 @@ def command(
     nbest: Annotated[str, typer.Argument(
         metavar="NBEST", show_default=False,
         help="The n-best list: a file, a directory of SRILM *.score(.gz) files, or `-` (stdin).")],
-    list_format: Annotated[Optional[NbestFormat], typer.Option(
+    list_format: Annotated[NbestFormat | None, typer.Option(
         "--format", show_default=False,
         help="kaldi: `UTTID-N words` lines (N the rank); srilm: SRILM's format 3, `acoustic_score lm_score "
              "n_words words` (one file per utterance, or a directory of them); mikolov: `ID words`, lines with "
@@ -50,43 +50,43 @@ def command(
         help="line: every hypothesis from a fresh state (SRILM's way); utterance: every hypothesis of an utterance "
              "after the previous utterance's first hypothesis, in the list's order (Kaldi's and Mikolov's way).")
     ] = RescoreContext("line"),
-    units: Annotated[Optional[Units], typer.Option(
+    units: Annotated[Units | None, typer.Option(
         show_default=False,
         help="The log base of every score read, written and weighted: log10 (SRILM, Mikolov) or ln (Kaldi's "
              "costs, negated). [default: log10 for srilm and mikolov lists, ln for kaldi and jsonl]")] = None,
-    lm_weight: Annotated[Optional[float], typer.Option(
+    lm_weight: Annotated[float | None, typer.Option(
         show_default=False, help=f"total = the list's scores + W x the model's log-probability + ... "
                                  f"[default: {_WEIGHTS.lm_weight:g}]")] = None,
-    word_penalty: Annotated[Optional[float], typer.Option(
+    word_penalty: Annotated[float | None, typer.Option(
         show_default=False, help="Added to the total per word; negative favours fewer words. [default: 0]")] = None,
-    oov_penalty: Annotated[Optional[float], typer.Option(
+    oov_penalty: Annotated[float | None, typer.Option(
         show_default=False,
         help="Added per word outside the model's vocabulary, which the model scores as <unk> (a class of words, "
              "so its probability is no one word's); negative penalises them. [default: 0]")] = None,
-    rank_weight: Annotated[Optional[float], typer.Option(
+    rank_weight: Annotated[float | None, typer.Option(
         show_default=False,
         help="Added x the rank the list gave a hypothesis (0 for its first): with a negative weight the "
              "recogniser's order counts where the list has no scores. [default: 0]")] = None,
-    score_weight: Annotated[Optional[list[float]], typer.Option(
+    score_weight: Annotated[list[float] | None, typer.Option(
         show_default=False,
         help="The weight of one of the list's score columns, in order (srilm: acoustic, then lm); repeat once per "
              "column. [default: 1 each]")] = None,
-    costs: Annotated[Optional[list[str]], typer.Option(
+    costs: Annotated[list[str] | None, typer.Option(
         metavar="FILE", show_default=False,
         help="Kaldi lists: a file of per-hypothesis costs, `UTTID-N cost` (as nbest-to-linear writes ac_cost and "
              "lm_cost); each file is a score column holding minus the cost. Repeat for several; weight them with "
              "--score-weight (an acoustic scale, say).")] = None,
-    word_map: Annotated[Optional[str], typer.Option(
+    word_map: Annotated[str | None, typer.Option(
         "--map", metavar="FILE", show_default=False,
         help="Rewrite the hypotheses' words before the model reads them, to fit its training text: one rule per "
              "line, `WORD REPLACEMENT...` (no replacement drops the word; one ending in + joins a run, as "
              "`hundred N+`). The list, its output and the WER keep the list's words; OOV words are counted after "
              "the map. docs/maps/ptb-spoken.map fits spoken-style lists to PTB models.")] = None,
-    ngram: Annotated[Optional[str], typer.Option(
+    ngram: Annotated[str | None, typer.Option(
         metavar="MODEL", show_default=False,
         help="Interpolate each token's probability with an n-gram model (ARPA or KenLM binary), as in rnnlm "
              "eval; word-level models only.")] = None,
-    ngram_weight: Annotated[Optional[float], typer.Option(
+    ngram_weight: Annotated[float | None, typer.Option(
         min=0, max=1, show_default=False,
         help=f"The n-gram's share: p = (1 - W) p_rnn + W p_ngram. [default: {NgramSettings('').weight:g}]")
     ] = None,
@@ -95,11 +95,11 @@ def command(
     json_output: Annotated[bool, typer.Option(
         "--json", help="Write one JSON object per utterance with every hypothesis's scores, best first; with "
                        "--tune or --report, the report as one JSON document.")] = False,
-    output_path: Annotated[Optional[str], typer.Option(
+    output_path: Annotated[str | None, typer.Option(
         "--output", "-o", metavar="PATH", show_default=False,
         help="Write the rescored list here instead of stdout (a directory for a directory of SRILM files). With "
              "--tune or --report, stdout has the report and the list is written only here.")] = None,
-    refs: Annotated[Optional[str], typer.Option(
+    refs: Annotated[str | None, typer.Option(
         metavar="FILE", show_default=False,
         help="Reference transcripts, `uttid words` per line, for --tune and --report. [default: the jsonl "
              "list's \"ref\" fields]")] = None,

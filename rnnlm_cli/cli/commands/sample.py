@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,10 +14,10 @@ NAME = "sample"
 
 def command(
     checkpoint: CheckpointArg,
-    prompt: Annotated[Optional[list[str]], typer.Option(
+    prompt: Annotated[list[str] | None, typer.Option(
         "--prompt", "-p", show_default=False,
         help="Text the samples continue; repeat for several prompts. Default: start of a new line.")] = None,
-    prompts_from: Annotated[Optional[str], typer.Option(
+    prompts_from: Annotated[str | None, typer.Option(
         metavar="FILE", show_default=False,
         help="Read prompts one per line from FILE (- reads stdin); an empty line samples from scratch.")] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="Samples per prompt.")] = 1,
@@ -33,14 +33,14 @@ def command(
         metavar="N", show_default=False,
         help="Beam search: print the N most probable continuations of each prompt, best first, instead of "
              "sampling.")] = 0,
-    stop_at_eos: Annotated[Optional[bool], typer.Option(
+    stop_at_eos: Annotated[bool | None, typer.Option(
         "--stop-at-eos/--no-stop-at-eos", show_default="stop, except for char models",
         help="End each sample at the end-of-line token.")] = None,
-    seed: Annotated[Optional[int], typer.Option(
+    seed: Annotated[int | None, typer.Option(
         metavar="N", show_default=False,
         help="Random seed: the same seed and options give the same text. [default: a new one for each call, "
              "shown on stderr (and in --json) so that the call can be repeated]")] = None,
-    stream: Annotated[Optional[bool], typer.Option(
+    stream: Annotated[bool | None, typer.Option(
         "--stream/--no-stream", show_default="when stdout is a terminal",
         help="Print tokens as they are generated.")] = None,
     batch_size: Annotated[int, typer.Option(

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,13 +22,13 @@ def command(
                                               "The vocabulary is built from this file only.", show_default=False)],
     out: Annotated[str, typer.Option("--out", "-o", metavar="DIR", help="Dataset directory to write.",
                                      show_default=False)],
-    valid: Annotated[Optional[str], typer.Option(
+    valid: Annotated[str | None, typer.Option(
         metavar="FILE", help="Validation text, encoded with the training vocabulary.")] = None,
-    test: Annotated[Optional[str], typer.Option(
+    test: Annotated[str | None, typer.Option(
         metavar="FILE", help="Test text, encoded with the training vocabulary.")] = None,
     kind: Annotated[Kind, typer.Option(help="word: whitespace words; char: Unicode characters; "
                                              "bpe / unigram: sentencepiece subwords.")] = Kind("word"),
-    vocab_size: Annotated[Optional[int], typer.Option(min=3, help="Vocabulary size, special tokens included "
+    vocab_size: Annotated[int | None, typer.Option(min=3, help="Vocabulary size, special tokens included "
                           "[default: all words/chars for word and char, 8000 for bpe/unigram].",
                           show_default=False)] = None,
     min_freq: Annotated[int, typer.Option(min=1, help="word/char: units seen fewer times become `<unk>`.")] = 1,
@@ -43,7 +43,7 @@ def command(
         "--force", help="Replace a dataset already in --out (the old one stays until the new one is complete).")
     ] = False,
     encoding_errors: EncodingErrorsOpt = EncodingErrors("strict"),
-    jobs: Annotated[Optional[int], typer.Option(
+    jobs: Annotated[int | None, typer.Option(
         "--jobs", "-j", min=1, show_default=False,
         help="Processes that encode the text (only text longer than 10,000 lines is split among them). "
              "[default: one per CPU core, at most 8]")] = None,

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -48,110 +48,110 @@ def command(
     ctx: typer.Context,
     dataset: Annotated[str, typer.Argument(metavar="DIR", help="Dataset directory written by `rnnlm tokenize`.",
                                            show_default=False)],
-    out: Annotated[Optional[str], typer.Option(
+    out: Annotated[str | None, typer.Option(
         "--out", "-o", metavar="CKPT", show_default=False,
         help="Checkpoint to write; it always holds the best-validation model. The latest state, for --resume, "
              "goes beside it as NAME.last.pt, and one JSON line per validation to NAME.metrics.jsonl. "
              "Required unless --resume is given.")] = None,
-    resume: Annotated[Optional[str], typer.Option(
+    resume: Annotated[str | None, typer.Option(
         metavar="CKPT", show_default=False,
         help="Continue the run whose checkpoint is CKPT from its latest state (same dataset). "
              "Options given now override the run's, except the model's shape and the optimizer.")] = None,
-    preset: Annotated[Optional[Preset], typer.Option(
+    preset: Annotated[Preset | None, typer.Option(
         show_default=False, help=f"Start from a published recipe; explicit options override it. {_PRESET_HELP}.")
     ] = None,
-    cell: Annotated[Optional[Cell], _option("cell", "Recurrent cell.")] = None,
-    layers: Annotated[Optional[int], _option("layers", "Recurrent layers.", min=1)] = None,
-    emb_size: Annotated[Optional[int], _option("emb_size", "Embedding size.", min=1)] = None,
-    hidden_size: Annotated[Optional[int], _option("hidden_size", "Hidden units per layer.", min=1)] = None,
-    dropout: Annotated[Optional[float], _option(
+    cell: Annotated[Cell | None, _option("cell", "Recurrent cell.")] = None,
+    layers: Annotated[int | None, _option("layers", "Recurrent layers.", min=1)] = None,
+    emb_size: Annotated[int | None, _option("emb_size", "Embedding size.", min=1)] = None,
+    hidden_size: Annotated[int | None, _option("hidden_size", "Hidden units per layer.", min=1)] = None,
+    dropout: Annotated[float | None, _option(
         "dropout", "Dropout on embeddings, between layers and on outputs.", min=0.0, max=0.99)] = None,
-    dropout_input: Annotated[Optional[float], _option(
+    dropout_input: Annotated[float | None, _option(
         "dropout_input", "Dropout on the embeddings only.", default="--dropout", min=0.0, max=0.99)] = None,
-    dropout_hidden: Annotated[Optional[float], _option(
+    dropout_hidden: Annotated[float | None, _option(
         "dropout_hidden", "Dropout between recurrent layers only.", default="--dropout", min=0.0, max=0.99)] = None,
-    dropout_output: Annotated[Optional[float], _option(
+    dropout_output: Annotated[float | None, _option(
         "dropout_output", "Dropout on the top layer's output only.", default="--dropout", min=0.0, max=0.99)] = None,
-    variational: Annotated[Optional[bool], _option(
+    variational: Annotated[bool | None, _option(
         "variational", "Variational (locked) dropout: one mask per sequence, shared across time steps.",
         "--variational/--no-variational", default="no")] = None,
-    word_dropout: Annotated[Optional[float], _option(
+    word_dropout: Annotated[float | None, _option(
         "word_dropout", "Drop whole words: each batch zeroes this share of the embedding matrix's rows.",
         min=0.0, max=0.99)] = None,
-    tie_weights: Annotated[Optional[bool], _option(
+    tie_weights: Annotated[bool | None, _option(
         "tie_weights", "Share the input embedding and output matrices (needs --emb-size = --hidden-size).",
         "--tie-weights/--no-tie-weights", default="no")] = None,
-    init_range: Annotated[Optional[float], _option(
+    init_range: Annotated[float | None, _option(
         "init_range", "Draw the embedding and output weights uniformly from [-R, R].", metavar="R",
         min=0.0)] = None,
-    init_recurrent: Annotated[Optional[bool], _option(
+    init_recurrent: Annotated[bool | None, _option(
         "init_recurrent", "Draw the recurrent layers' weights and biases from [-R, R] too, as Zaremba et al. do; "
                           "off, they keep PyTorch's [-1/sqrt(hidden), 1/sqrt(hidden)].",
         "--init-recurrent/--no-init-recurrent", default="no")] = None,
-    forget_bias: Annotated[Optional[float], _option(
+    forget_bias: Annotated[float | None, _option(
         "forget_bias", "LSTM: start every forget gate's bias at X (1 is Jozefowicz et al.'s and TensorFlow's "
                        "choice), so that the cells keep what they hold from the start: at PyTorch's random bias, "
                        "near 0, half of a cell's content is lost at every step.", metavar="X",
         default="PyTorch's random one")] = None,
-    softmax: Annotated[Optional[Softmax], _option(
+    softmax: Annotated[Softmax | None, _option(
         "softmax", "Output layer. full: one softmax over the vocabulary; adaptive: frequent words in a small head, "
                    "rarer ones in clusters behind smaller projections (much faster for big vocabularies).")] = None,
-    cutoffs: Annotated[Optional[str], _option(
+    cutoffs: Annotated[str | None, _option(
         "cutoffs", "Adaptive softmax: where the frequency-ordered vocabulary is cut into head and clusters, e.g. "
                    "2000,10000.", default="2000,10000,50000,200000 below the vocabulary size",
         metavar="N,N,...")] = None,
-    direction: Annotated[Optional[Direction], _option(
+    direction: Annotated[Direction | None, _option(
         "direction", "forward: left to right; backward: right to left; both: an ELMo-style biLM, a forward and a "
                      "backward stack sharing the embedding and the softmax, trained together (eval reports both "
                      "directions, fill combines them, sample uses the forward one).")] = None,
-    bptt: Annotated[Optional[int], _option("bptt", "Time steps per truncated back-propagation window.", min=1)] = None,
-    batch_size: Annotated[Optional[int], _option("batch_size", "Parallel streams per batch.", min=1)] = None,
-    optimizer: Annotated[Optional[Optimizer], _option("optimizer", "Optimizer.")] = None,
-    lr: Annotated[Optional[float], _option("lr", "Learning rate.", default="20 for sgd, 0.001 for adam")] = None,
-    weight_decay: Annotated[Optional[float], _option(
+    bptt: Annotated[int | None, _option("bptt", "Time steps per truncated back-propagation window.", min=1)] = None,
+    batch_size: Annotated[int | None, _option("batch_size", "Parallel streams per batch.", min=1)] = None,
+    optimizer: Annotated[Optimizer | None, _option("optimizer", "Optimizer.")] = None,
+    lr: Annotated[float | None, _option("lr", "Learning rate.", default="20 for sgd, 0.001 for adam")] = None,
+    weight_decay: Annotated[float | None, _option(
         "weight_decay", "L2 penalty (sgd, adam) or decoupled weight decay (adamw).", min=0.0)] = None,
-    clip: Annotated[Optional[float], _option("clip", "Clip the global gradient norm to this; 0 turns it off.",
+    clip: Annotated[float | None, _option("clip", "Clip the global gradient norm to this; 0 turns it off.",
                                              min=0.0)] = None,
-    epochs: Annotated[Optional[int], _option("epochs", "Epochs to train (in total, when resuming).", min=1)] = None,
-    schedule: Annotated[Optional[Schedule], _option(
+    epochs: Annotated[int | None, _option("epochs", "Epochs to train (in total, when resuming).", min=1)] = None,
+    schedule: Annotated[Schedule | None, _option(
         "schedule", "Learning-rate schedule. plateau: divide by --lr-decay after an epoch without improvement; "
                     "epoch: divide by --lr-decay every epoch after --decay-start; cosine: --warmup-steps of "
                     "linear warm-up, then a cosine to 0 (good with adam).")] = None,
-    lr_decay: Annotated[Optional[float], _option(
+    lr_decay: Annotated[float | None, _option(
         "lr_decay", "Divisor of the plateau and epoch schedules; 1 keeps the rate.", min=1.0)] = None,
-    decay_start: Annotated[Optional[int], _option(
+    decay_start: Annotated[int | None, _option(
         "decay_start", "Epoch schedule: epochs at the full rate before decaying.", min=0)] = None,
-    warmup_steps: Annotated[Optional[int], _option("warmup_steps", "Cosine schedule: warm-up steps.", min=0)] = None,
-    patience: Annotated[Optional[int], _option(
+    warmup_steps: Annotated[int | None, _option("warmup_steps", "Cosine schedule: warm-up steps.", min=0)] = None,
+    patience: Annotated[int | None, _option(
         "patience", "Stop after this many epochs without a better validation loss; 0 never stops early.",
         min=0)] = None,
-    precision: Annotated[Optional[Precision], _option(
+    precision: Annotated[Precision | None, _option(
         "precision", "auto: bf16 autocast on CUDA and on CPUs with AMX or AVX-512 BF16, else fp32. Weights "
                      "and the loss stay fp32 either way.")] = None,
-    seed: Annotated[Optional[int], _option("seed", "Random seed; the same seed on CPU gives the same model.")] = None,
-    device: Annotated[Optional[Device], _option(
+    seed: Annotated[int | None, _option("seed", "Random seed; the same seed on CPU gives the same model.")] = None,
+    device: Annotated[Device | None, _option(
         "device", "Where to train: auto picks CUDA, then Apple MPS, then the CPU. Under torchrun each process "
                   "takes the GPU of its LOCAL_RANK.")] = None,
-    max_time: Annotated[Optional[float], _option(
+    max_time: Annotated[float | None, _option(
         "max_time", "Time budget in seconds for the whole command, start-up and the final validation and saves "
                     "included: training stops that much earlier (as long as the last validation took, estimated "
                     "before the first). Both checkpoints are saved; continue with --resume. At least one step is "
                     "trained: a budget shorter than a step and a validation is overrun, with a warning.",
         default="no limit", min=0.001)] = None,
-    save_every: Annotated[Optional[str], _option(
+    save_every: Annotated[str | None, _option(
         "save_every", "Also save the resumable state (the .last checkpoint) every N steps (500) or minutes "
                       "(10m), bounding what a crash can cost. Ctrl-C and SIGTERM always save it.",
         default="every epoch", metavar="N|Nm")] = None,
-    valid_every: Annotated[Optional[int], _option(
+    valid_every: Annotated[int | None, _option(
         "valid_every", "Also validate after steps N, 2N, ... of each epoch, for long epochs or to keep the best "
                        "model between epoch ends. Each validation is recorded and can become the best checkpoint; "
                        "the schedule and --patience look at epoch ends only. 0: at epoch ends only.",
         metavar="N", min=0)] = None,
-    log_gradients: Annotated[Optional[bool], _option(
+    log_gradients: Annotated[bool | None, _option(
         "log_gradients", "Record every step's global gradient norm (and so the clip rate), and at each validation "
                          "how the loss gradient reaches back through the hidden states of a validation window; "
                          "`rnnlm info` charts both.", "--log-gradients/--no-log-gradients", default="no")] = None,
-    threads: Annotated[Optional[int], _option(
+    threads: Annotated[int | None, _option(
         "threads", "CPU threads for the matrix work; a resumed run chooses afresh unless given.", metavar="N",
         default=THREADS_DEFAULT, min=1)] = None,
     force: Annotated[bool, typer.Option(

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -47,34 +47,34 @@ def command(
     dynamic: Annotated[bool, typer.Option(
         "--dynamic", help="Tune dynamic evaluation's learning rate and decay (one pass over the text each).")
     ] = False,
-    ngram: Annotated[Optional[str], typer.Option(
+    ngram: Annotated[str | None, typer.Option(
         metavar="MODEL", show_default=False, help="Tune the weight of this n-gram model (ARPA or KenLM binary).")
     ] = None,
-    cache_window: Annotated[Optional[list[int]], typer.Option(
+    cache_window: Annotated[list[int] | None, typer.Option(
         min=1, show_default=False, help=f"A window to try; repeat for more. [default: {_grid(TUNE_CACHE_WINDOWS)}]")
     ] = None,
-    cache_theta: Annotated[Optional[list[float]], typer.Option(
+    cache_theta: Annotated[list[float] | None, typer.Option(
         min=0, show_default=False, help=f"A theta to try; repeat for more. [default: {_grid(TUNE_CACHE_THETAS)}]")
     ] = None,
-    cache_lambda: Annotated[Optional[list[float]], typer.Option(
+    cache_lambda: Annotated[list[float] | None, typer.Option(
         min=0, max=1, show_default=False,
         help=f"A lambda to try; repeat for more. [default: {_grid(TUNE_CACHE_LAMBDAS)}]")] = None,
     dynamic_rule: Annotated[DynamicRule, typer.Option(help="The update rule (see rnnlm eval --help).")
                             ] = DynamicRule("rms"),
-    dynamic_lr: Annotated[Optional[list[float]], typer.Option(
+    dynamic_lr: Annotated[list[float] | None, typer.Option(
         min=0, show_default=False,
         help=f"A learning rate to try; repeat for more. [default: {_grid(TUNE_DYNAMIC_LRS['rms'])} for rms, "
              f"{_grid(TUNE_DYNAMIC_LRS['sgd'])} for sgd]")] = None,
-    dynamic_decay: Annotated[Optional[list[float]], typer.Option(
+    dynamic_decay: Annotated[list[float] | None, typer.Option(
         min=0, max=1, show_default=False,
         help=f"A decay to try; repeat for more. [default: {_grid(TUNE_DYNAMIC_DECAYS)}]")] = None,
     dynamic_segment: Annotated[int, typer.Option(min=1, help="Tokens scored before each update.")
                                ] = DynamicSettings().segment,
-    dynamic_data: Annotated[Optional[str], typer.Option(
+    dynamic_data: Annotated[str | None, typer.Option(
         metavar="DIR", show_default=False,
         help="The dataset directory the model was trained on, for the rms rule. [default: the checkpoint's]")
     ] = None,
-    ngram_weight: Annotated[Optional[list[float]], typer.Option(
+    ngram_weight: Annotated[list[float] | None, typer.Option(
         min=0, max=1, show_default=False, help="An n-gram weight to try; repeat for more. [default: 0.05, 0.1, "
                                                "... 0.95]")] = None,
     context: Annotated[Context, typer.Option(help="As in rnnlm eval: tune for the context you will evaluate in.")

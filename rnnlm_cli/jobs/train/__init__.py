@@ -31,7 +31,13 @@ and the schedule follows their mean.
 """
 
 from rnnlm_cli.jobs.train.loop import TrainResult, train
-from rnnlm_cli.jobs.train.run import ResumePlan, best_checkpoint_path, last_state_path, metrics_path, plan_resume
+from rnnlm_cli.jobs.train.run import (
+           ResumePlan,
+           best_checkpoint_path,
+           last_state_path,
+           metrics_path,
+           plan_resume,
+)
 from rnnlm_cli.jobs.train.step import gradient_norm
 
 __all__ = ["ResumePlan", "TrainResult", "best_checkpoint_path", "gradient_norm", "last_state_path", "metrics_path",

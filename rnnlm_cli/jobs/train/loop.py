@@ -22,10 +22,21 @@ from rnnlm_cli.jobs.train import report
 from rnnlm_cli.jobs.train.budget import Budget
 from rnnlm_cli.jobs.train.run import Progress, ResumePlan, RunFiles, resume_state
 from rnnlm_cli.jobs.train.step import LearningRate, LossStep, Optimization
-from rnnlm_cli.jobs.train.validation import GradientLog, Validator, training_and_validation
+from rnnlm_cli.jobs.train.validation import (
+    GradientLog,
+    Validator,
+    training_and_validation,
+)
 from rnnlm_cli.model import Hidden, ModelConfig, RNNLanguageModel, detach_hidden
-from rnnlm_cli.runtime import (autocast, configure_threads, keep_freed_memory, poll_threads, resolve_device,
-                               resolve_precision, seed_everything)
+from rnnlm_cli.runtime import (
+    autocast,
+    configure_threads,
+    keep_freed_memory,
+    poll_threads,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ import hashlib
 import os
 import pickle
 import platform
+import types
+import typing
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,12 +230,27 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: torch.device | s
         raise CheckpointError(f"{path}: bad model config: {error}") from None
 
 
-_INT_SETTINGS = ("vocab_size", "emb_size", "hidden_size", "layers")
-_NUMBER_SETTINGS = ("dropout", "init_range", "word_dropout", "dropout_input", "dropout_hidden", "dropout_output",
-                    "forget_bias")
-_TEXT_SETTINGS = ("cell", "softmax", "direction")
-_FLAG_SETTINGS = ("tie_weights", "init_recurrent", "variational")
+# each model setting's type, as ModelConfig declares it: what a file's model_config entries are judged by
+_SETTING_TYPES = typing.get_type_hints(ModelConfig)
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def _of_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the declared type ``hint`` (bool is not taken for a number; a choice, a Literal, need
+    only be a string here: check_architecture names the choices)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_of_type(value, arg) for arg in args)
+    if origin is typing.Literal or hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list) and all(_of_type(item, args[0]) for item in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    numbers = (int, float) if hint is float else (int,) if hint is int else ()
+    return isinstance(value, numbers) and not isinstance(value, bool)
 
 
 def _check_entries(raw: dict[str, Any], path: Path) -> None:
@@ -252,19 +269,12 @@ def _check_entries(raw: dict[str, Any], path: Path) -> None:
         raise CheckpointError(f"{path}: its 'model' entry is not a table of named tensors")
     config = raw["model_config"]
     for name, value in config.items():
-        wrong = ((name in _INT_SETTINGS and (isinstance(value, bool) or not isinstance(value, int)))
-                 or (name in _NUMBER_SETTINGS and value is not None and (isinstance(value, bool)
-                                                                        or not isinstance(value, (int, float))))
-                 or (name in _TEXT_SETTINGS and not isinstance(value, str))
-                 or (name in _FLAG_SETTINGS and not isinstance(value, bool))
-                 or (name == "cutoffs" and value is not None and not (
-                     isinstance(value, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in value))))
-        if wrong:
+        if name in _SETTING_TYPES and not _of_type(value, _SETTING_TYPES[name]):
             raise CheckpointError(f"{path}: model_config[{name!r}] is {value!r}, not a valid setting")
     if config.get("cell", "lstm") not in _GATES:
         raise CheckpointError(f"{path}: model_config['cell'] is {config.get('cell')!r}, not one of "
                               f"{', '.join(_GATES)}")
-    sizes = {name: config.get(name) for name in _INT_SETTINGS}
+    sizes = {name: config.get(name) for name in ("vocab_size", "emb_size", "hidden_size", "layers")}
     embedding = state.get("embedding.weight")
     if embedding is None or embedding.dim() != 2:
         raise CheckpointError(f"{path}: its weights have no model['embedding.weight'] matrix")

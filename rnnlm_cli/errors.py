@@ -1,13 +1,35 @@
-"""Errors whose messages are written for the person at the terminal.
+"""How a command ends: the errors whose messages are written for the person at the terminal, and every exit code.
 
-The CLI prints ``str(error)`` as one line and exits with ``exit_code``; anything else is a bug.
+- ``EXIT_OK`` (0): success; also when stdout's reader went away (``| head``): the rest was not wanted.
+- ``EXIT_ERROR`` (1): ``RnnlmError`` and its subclasses but ``ConfigError``: bad data, a missing file, an unusable
+  checkpoint, training that cannot go on. Anything unforeseen (a bug) too, as one line naming the exception.
+- ``EXIT_USAGE`` (2): ``ConfigError``, settings that cannot work, and Click's own usage errors (an unknown option,
+  a value outside an option's choices).
+- ``signal_exit_code`` (130 for SIGINT, 143 for SIGTERM): Ctrl-C (``KeyboardInterrupt``), ``TrainingInterrupted``
+  once training saved its state, and a tokenize run that cleaned up after SIGTERM.
+
+The CLI (``cli/app.py``) prints ``str(error)`` as one line and exits with the code above; ``--debug`` adds the
+traceback.
 """
+
+from __future__ import annotations
+
+import signal
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def signal_exit_code(signum: int) -> int:
+    """The shell's convention for a process ended by a signal: 128 + its number (SIGINT 130, SIGTERM 143)."""
+    return 128 + signum
 
 
 class RnnlmError(Exception):
     """A problem the user can fix: bad input, a missing file, an unusable checkpoint."""
 
-    exit_code = 1
+    exit_code = EXIT_ERROR
     label = "error"  # the word after "rnnlm: " on stderr
 
 
@@ -26,7 +48,7 @@ class CheckpointError(RnnlmError):
 class ConfigError(RnnlmError):
     """Settings that cannot work (say, tied weights with different sizes): a usage error."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class TokenizerError(RnnlmError):
@@ -38,10 +60,10 @@ class TrainingError(RnnlmError):
 
 
 class TrainingInterrupted(RnnlmError):
-    """Training stopped on SIGINT (exit 130) or SIGTERM (exit 143) after saving a resumable state."""
+    """Training stopped on SIGINT or SIGTERM after saving a resumable state."""
 
     label = "interrupted"
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = signal_exit_code(signum)

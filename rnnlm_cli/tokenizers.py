@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from rnnlm_cli.errors import ConfigError, TokenizerError
 
@@ -23,7 +23,8 @@ UNK = "<unk>"
 EOS = "<eos>"
 UNK_ID = 0
 EOS_ID = 1
-KINDS = ("word", "char", "bpe", "unigram")
+Kind = Literal["word", "char", "bpe", "unigram"]
+KINDS = get_args(Kind)
 DEFAULT_SUBWORD_VOCAB = 8000
 # sentencepiece's recommendation for languages with large character sets (Japanese, Chinese);
 # byte fallback covers the rest, so no character is ever unknown.

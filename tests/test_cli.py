@@ -221,3 +221,75 @@ def test_the_readme_layout_table_names_every_module():
         assert folder in rows, f"no row for {folder}"
         assert module.name in rows[folder] or (module.name == "__init__.py" and folder != "rnnlm_cli/"), \
             f"{folder}{module.name}"
+
+
+def test_the_model_settings_are_written_once():
+    """ModelSettings holds the model's settings; ModelConfig, TrainConfig, the checkpoint's type checks, the train
+    command's options and docs/checkpoint-format.md all follow it."""
+    import dataclasses
+
+    import typer.main
+
+    from rnnlm_cli.checkpoint import _SETTING_TYPES
+    from rnnlm_cli.cli.commands import train as train_command
+    from rnnlm_cli.config import ARCHITECTURE, FIXED_ON_RESUME, ModelConfig, ModelSettings, TrainConfig
+
+    settings = [field.name for field in dataclasses.fields(ModelSettings)]
+    assert list(ARCHITECTURE) == settings
+    assert {field.name for field in dataclasses.fields(ModelConfig)} == {*settings, "vocab_size"}
+    assert set(settings) <= {field.name for field in dataclasses.fields(TrainConfig)}
+    assert set(_SETTING_TYPES) == {*settings, "vocab_size"}
+    assert set(FIXED_ON_RESUME) <= {*settings, "optimizer"}
+    # the train command takes every setting of TrainConfig as an option of the same name
+    options = {param.name for param in typer.main.get_command_from_info(
+        typer.models.CommandInfo(callback=train_command.command), pretty_exceptions_short=True,
+        rich_markup_mode=None).params}
+    assert set(train_command._OPTIONS) <= options
+    assert set(settings) <= set(train_command._OPTIONS)
+    # the checkpoint format's documentation has a row for each setting of model_config
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "checkpoint-format.md").read_text(encoding="utf-8")
+    table = docs.split("### `model_config`", 1)[1].split("\n\n", 2)[1]
+    documented = set(re.findall(r"`([a-z_]+)`", "\n".join(row.split("|")[1] for row in table.splitlines()[2:])))
+    assert documented == {*settings, "vocab_size"}
+
+
+def _imports(module: Path) -> set[str]:
+    """The modules that ``module`` imports (absolute names; its relative imports resolved)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_layers_hold():
+    """DESIGN.md's floors: only cli/ imports typer and rich; no job imports another (demo runs them all); nothing
+    below the jobs imports one; the model knows nothing of files or tokenizers; the settings need no torch."""
+    package = Path(__file__).resolve().parent.parent / "rnnlm_cli"
+    checked = 0
+    for module in sorted(package.rglob("*.py")):
+        parts = module.relative_to(package.parent).with_suffix("").parts
+        imports = _imports(module)
+        floor = parts[1] if len(parts) > 2 else ""
+        if floor != "cli" and module.name != "__main__.py":  # `python -m rnnlm_cli` starts the CLI
+            assert not {name for name in imports if name.split(".")[0] in ("typer", "rich")}, module
+            assert not {name for name in imports if name.startswith("rnnlm_cli.cli")}, module
+        if floor == "jobs":
+            job = parts[2]
+            others = {name.split(".")[2] for name in imports if name.startswith("rnnlm_cli.jobs.")} - {job}
+            assert job == "demo" or not others, f"{module}: imports the jobs {others}"
+        elif floor not in ("cli", ""):
+            assert not {name for name in imports if name.startswith("rnnlm_cli.jobs")}, module
+        if floor == "model":
+            assert not {name for name in imports if name.startswith(("rnnlm_cli.checkpoint", "rnnlm_cli.data",
+                                                                     "rnnlm_cli.tokenizers", "rnnlm_cli.scoring"))}, \
+                module
+        if floor == "config" or module.name in ("tokenizers.py", "errors.py", "textio.py", "nbest.py"):
+            assert not {name for name in imports if name.split(".")[0] in ("torch", "numpy")}, module
+        checked += 1
+    assert checked > 40

@@ -8,6 +8,7 @@ import functools
 import inspect
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -21,7 +22,7 @@ from typer.core import TyperCommand
 
 from rnnlm_cli import __version__
 from rnnlm_cli.cli.output import print_error
-from rnnlm_cli.errors import RnnlmError
+from rnnlm_cli.errors import EXIT_ERROR, EXIT_OK, RnnlmError, signal_exit_code
 
 if TYPE_CHECKING:  # Typer carries its own copy of Click
     from typer import _click as click
@@ -120,10 +121,10 @@ def handle_errors(command: F) -> F:
             raise
         except KeyboardInterrupt:
             print_error("interrupted")
-            raise typer.Exit(130) from None
+            raise typer.Exit(signal_exit_code(signal.SIGINT)) from None
         except BrokenPipeError:
             _silence_stdout()
-            raise typer.Exit(0) from None
+            raise typer.Exit(EXIT_OK) from None
         except RnnlmError as error:
             if _debug:
                 traceback.print_exc()
@@ -133,7 +134,7 @@ def handle_errors(command: F) -> F:
             if _debug:
                 traceback.print_exc()
             print_error(f"{type(error).__name__}: {error} (run `rnnlm --debug ...` for the traceback)")
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_ERROR) from None
 
     debug_parameter = inspect.Parameter(
         "debug", inspect.Parameter.KEYWORD_ONLY, default=False,
@@ -202,8 +203,8 @@ def main() -> None:
     except SystemExit as stop:
         # Click ends help that `| head` cut short with 1 (after swapping in a quiet stdout); for us that is a success
         broken_pipe = stop.code == 1 and sys.stdout is not sys.__stdout__ and _reader_gone()
-        _exit(0 if broken_pipe else stop.code)
-    _exit(0)
+        _exit(EXIT_OK if broken_pipe else stop.code)
+    _exit(EXIT_OK)
 
 
 def _reader_gone() -> bool:

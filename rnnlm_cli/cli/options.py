@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import enum
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from rnnlm_cli.config import (
-    CELLS,
-    CONTEXTS,
-    DEVICES,
-    ENCODING_ERRORS,
-    EVAL_PRECISIONS,
-    OPTIMIZERS,
-)
-from rnnlm_cli.tokenizers import KINDS
+# the choices, for the commands (each is a Literal, which Typer offers as it is)
+from rnnlm_cli.config import Cell as Cell
+from rnnlm_cli.config import Context as Context
+from rnnlm_cli.config import Device as Device
+from rnnlm_cli.config import EncodingErrors as EncodingErrors
+from rnnlm_cli.config import EvalPrecision as Precision
+from rnnlm_cli.config import Optimizer as Optimizer
+from rnnlm_cli.tokenizers import Kind as Kind
 
-
-def choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
-    return enum.Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
-
-
-Kind = choices("Kind", KINDS)
-Cell = choices("Cell", CELLS)
-Optimizer = choices("Optimizer", OPTIMIZERS)
-Device = choices("Device", DEVICES)
-Context = choices("Context", CONTEXTS)
-Format = choices("Format", ("table", "tsv", "json"))
-Precision = choices("Precision", EVAL_PRECISIONS)
-EncodingErrors = choices("EncodingErrors", ENCODING_ERRORS)
+Format = Literal["table", "tsv", "json"]
 
 CheckpointArg = Annotated[
     str, typer.Argument(metavar="CKPT", help="Checkpoint file written by `rnnlm train`.", show_default=False)

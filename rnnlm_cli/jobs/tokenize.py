@@ -39,7 +39,7 @@ from rnnlm_cli.data import (
     id_dtype,
     tokenizer_to_json,
 )
-from rnnlm_cli.errors import DatasetError
+from rnnlm_cli.errors import DatasetError, signal_exit_code
 from rnnlm_cli.textio import STDIN, ByteTally, check_readable, display_name, iter_lines
 from rnnlm_cli.tokenizers import Tokenizer, tokenizer_from_dict, train_tokenizer
 
@@ -130,7 +130,7 @@ def _terminated_as_exit() -> Iterator[None]:
         return
 
     def stop(signum, frame) -> None:
-        raise SystemExit(128 + signal.SIGTERM)
+        raise SystemExit(signal_exit_code(signal.SIGTERM))
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:

@@ -17,15 +17,11 @@ stack, ``rnn_backward``, for the right-to-left direction, sharing the embedding 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlm_cli.config import DEFAULT_CUTOFFS, check_architecture
-from rnnlm_cli.errors import ConfigError
+from rnnlm_cli.config import ADAPTIVE_DIV, ModelConfig
 from rnnlm_cli.model.lstm_cpu import lstm_layer
 from rnnlm_cli.model.output_loss import linear_cross_entropy, linear_nll
 
@@ -36,70 +32,6 @@ Hidden = Tensor | tuple[Tensor, Tensor]
 # 86 ms, oneDNN bf16 107 ms (lstm_cpu fp32 208 ms); 200 units x 20 steps: lstm_cpu bf16 13.7 ms,
 # oneDNN bf16 6.0 ms, oneDNN fp32 7.3 ms.
 CPU_LSTM_KERNEL_MIN_HIDDEN = 512
-# adaptive softmax: cluster i (from 1) projects the hidden state to hidden_size / ADAPTIVE_DIV**i units
-ADAPTIVE_DIV = 4
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int
-    cell: str = "lstm"  # rnn_tanh | rnn_relu | lstm | gru
-    emb_size: int = 200
-    hidden_size: int = 200
-    layers: int = 2
-    dropout: float = 0.2  # default for the three dropouts below
-    tie_weights: bool = False  # share the embedding and output matrices (needs emb_size == hidden_size)
-    init_range: float = 0.1  # uniform init of embedding and output weights in [-r, r]
-    init_recurrent: bool = False  # also the recurrent layers' weights and biases (else PyTorch's +-1/sqrt(hidden))
-    dropout_input: float | None = None  # on the embeddings (None: dropout)
-    dropout_hidden: float | None = None  # between recurrent layers (None: dropout)
-    dropout_output: float | None = None  # on the top layer's output (None: dropout)
-    variational: bool = False  # one dropout mask per sequence, shared across time steps ("locked")
-    word_dropout: float = 0.0  # drop whole words: zero random rows of the embedding matrix per batch
-    softmax: str = "full"  # full | adaptive
-    cutoffs: list[int] | None = None  # adaptive: ids below cutoffs[0] in the head, then one cluster per range
-    direction: str = "forward"  # forward | backward | both
-    forget_bias: float | None = None  # LSTM: the forget gates' bias at initialisation (None: PyTorch's random one)
-
-    def __post_init__(self) -> None:
-        if self.vocab_size < 1:
-            raise ConfigError(f"the vocabulary size must be at least 1, not {self.vocab_size}")
-        if self.softmax == "adaptive" and self.cutoffs is None:
-            self.cutoffs = [c for c in DEFAULT_CUTOFFS if c < self.vocab_size - 1] or [max(1, self.vocab_size // 2)]
-        if self.cutoffs is not None:
-            self.cutoffs = list(self.cutoffs)
-        check_architecture(self.to_dict())
-        if self.cutoffs and self.cutoffs[-1] >= self.vocab_size:
-            raise ConfigError(f"--cutoffs must stay below the vocabulary size ({self.vocab_size}); "
-                              f"got {', '.join(map(str, self.cutoffs))}")
-        if self.cutoffs and self.hidden_size // ADAPTIVE_DIV ** len(self.cutoffs) < 1:
-            raise ConfigError(f"--hidden-size {self.hidden_size} is too small for {len(self.cutoffs)} adaptive "
-                              f"softmax clusters (cluster i projects to hidden-size / {ADAPTIVE_DIV}^i units); "
-                              f"give fewer --cutoffs or a bigger model")
-
-    def readings(self) -> list[bool]:
-        """The directions the model reads text in, as "reversed?" flags: [False], [True] or [False, True]."""
-        return {"forward": [False], "backward": [True], "both": [False, True]}[self.direction]
-
-    def dropouts(self) -> tuple[float, float, float]:
-        """(input, hidden, output) dropout probabilities."""
-        pick = [self.dropout if p is None else p for p in (self.dropout_input, self.dropout_hidden,
-                                                            self.dropout_output)]
-        return pick[0], pick[1], pick[2]
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        if values["forget_bias"] is None:  # checkpoints without it read as before, in any version of rnnlm
-            del values["forget_bias"]
-        return values
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown model settings: {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 class RNNLanguageModel(nn.Module):

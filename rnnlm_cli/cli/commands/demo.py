@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import Device, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt
+from rnnlm_cli.cli.options import DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt
 
 NAME = "demo"
 
@@ -14,7 +14,7 @@ NAME = "demo"
 def command(
     out_dir: Annotated[str, typer.Option("--out-dir", metavar="DIR", help="Where the dataset and checkpoints go.")
                        ] = "checkpoints",
-    device: DeviceOpt = Device("auto"),
+    device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -52,7 +52,7 @@ def command(
             console.print("samples: {num_samples} per prompt, temperature {temperature}, seed {seed}"
                           .format(**DEMO_SAMPLING))
 
-    result = run_demo(out_dir=out_dir, device=device.value, progress=not quiet, threads=threads, on_step=show)
+    result = run_demo(out_dir=out_dir, device=device, progress=not quiet, threads=threads, on_step=show)
     if json_output:
         output.print_json(result.to_dict())
         return

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -11,29 +11,24 @@ from rnnlm_cli.cli import output
 from rnnlm_cli.cli.options import (
     CheckpointArg,
     Context,
-    Device,
     DeviceOpt,
-    EncodingErrors,
     EncodingErrorsOpt,
     Format,
-    Precision,
     PrecisionOpt,
     QuietOpt,
     ThreadsOpt,
-    choices,
 )
 from rnnlm_cli.config import (
     DYNAMIC_LR,
-    DYNAMIC_RULES,
     CacheSettings,
+    DynamicRule,
     DynamicSettings,
     NgramSettings,
 )
 
 NAME = "eval"
 
-Level = choices("Level", ("summary", "line", "token"))
-DynamicRule = choices("DynamicRule", DYNAMIC_RULES)
+Level = Literal["summary", "line", "token"]
 _CACHE, _DYNAMIC, _NGRAM = CacheSettings(), DynamicSettings(), NgramSettings("")
 
 SUMMARY_COLUMNS = ("file", "lines", "tokens", "oov", "nll", "ppl", "ppl1", "words", "word_ppl", "bytes",
@@ -53,7 +48,7 @@ def command(
     level: Annotated[Level, typer.Option(
         help="summary: one row per file and a total; line: one row per input line, in input order; "
              "token: one row per token with its log10 probability. line and token stream as they go.")
-    ] = Level("summary"),
+    ] = "summary",
     output_format: Annotated[Format | None, typer.Option(
         "--format", show_default=False,
         help="table (summary only), tsv (with a header) or json (one document for summary, JSON Lines "
@@ -63,7 +58,7 @@ def command(
         help="stream: carry the hidden state across lines (how the model was trained, and how published "
              "PTB / WikiText numbers are measured); line: start each line afresh, like SRILM and KenLM, "
              "so a line's score does not depend on its neighbours.")
-    ] = Context("stream"),
+    ] = "stream",
     exclude_oov: Annotated[bool, typer.Option(
         "--exclude-oov", help="SRILM's convention: out-of-vocabulary tokens are neither scored nor counted. "
                               "By default they are scored as `<unk>` and counted.")] = False,
@@ -116,9 +111,9 @@ def command(
         min=0, max=1, show_default=False,
         help=f"The n-gram's share: p = (1 - W) p_rnn + W p_ngram. [default: {_NGRAM.weight}, tuned on PTB valid "
              f"for the small preset with a Kneser-Ney 5-gram]")] = None,
-    precision: PrecisionOpt = Precision("fp32"),
-    encoding_errors: EncodingErrorsOpt = EncodingErrors("strict"),
-    device: DeviceOpt = Device("auto"),
+    precision: PrecisionOpt = "fp32",
+    encoding_errors: EncodingErrorsOpt = "strict",
+    device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -147,26 +142,26 @@ def command(
     from rnnlm_cli.errors import ConfigError
 
     output.setup_logging(quiet)
-    chosen = Format("json") if json_output else output_format
+    chosen = "json" if json_output else output_format
     if chosen is None:
-        chosen = Format("table") if level.value == "summary" else Format("tsv")
-    if chosen.value == "table" and level.value != "summary":
-        raise ConfigError(f"--level {level.value} writes tsv or json, not a table")
+        chosen = "table" if level == "summary" else "tsv"
+    if chosen == "table" and level != "summary":
+        raise ConfigError(f"--level {level} writes tsv or json, not a table")
     config = EvalConfig(checkpoint=checkpoint, inputs=list(files or []), files_from=files_from,
-                        context=context.value, batch_size=batch_size, exclude_oov=exclude_oov,
-                        precision=precision.value, device=device.value,
-                        encoding_errors=encoding_errors.value, threads=threads,
+                        context=context, batch_size=batch_size, exclude_oov=exclude_oov,
+                        precision=precision, device=device,
+                        encoding_errors=encoding_errors, threads=threads,
                         cache=_settings(cache, "--cache", CacheSettings, window=cache_window, theta=cache_theta,
                                         lam=cache_lambda),
                         dynamic=_settings(dynamic, "--dynamic", DynamicSettings,
-                                          rule=dynamic_rule.value if dynamic_rule else None, lr=dynamic_lr,
+                                          rule=dynamic_rule, lr=dynamic_lr,
                                           decay=dynamic_decay, segment=dynamic_segment, data=dynamic_data),
                         ngram=_settings(ngram is not None, "--ngram MODEL", NgramSettings, path=ngram,
                                         weight=ngram_weight))
-    if level.value == "summary":
-        _summary(config, chosen.value, progress=not quiet)
+    if level == "summary":
+        _summary(config, chosen, progress=not quiet)
     else:
-        _rows(config, level.value, chosen.value)
+        _rows(config, level, chosen)
 
 
 _OPTION_NAMES = {"lam": "lambda"}  # option names that are not the setting's

@@ -8,10 +8,8 @@ import typer
 from rnnlm_cli.cli import output
 from rnnlm_cli.cli.options import (
     CheckpointArg,
-    Device,
     DeviceOpt,
     Format,
-    Precision,
     PrecisionOpt,
     QuietOpt,
     ThreadsOpt,
@@ -36,11 +34,11 @@ def command(
     blank: Annotated[str, typer.Option(help="The marker of the blank in each sentence.")] = "___",
     output_format: Annotated[Format, typer.Option(
         "--format", help="table, tsv (with a header; one row per filler) or json (JSON Lines: one object per "
-                         "sentence).")] = Format("table"),
+                         "sentence).")] = "table",
     json_output: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Fillers scored together.")] = 1024,
-    precision: PrecisionOpt = Precision("fp32"),
-    device: DeviceOpt = Device("auto"),
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -70,13 +68,13 @@ def command(
         raise ConfigError("give the sentences as arguments or with --sentences-from FILE, one of the two")
     config = FillConfig(checkpoint=checkpoint, sentences=list(sentences or []), top=top, blank=blank,
                         candidates=candidates.split(",") if candidates is not None else None,
-                        batch_size=batch_size, precision=precision.value, device=device.value, threads=threads)
+                        batch_size=batch_size, precision=precision, device=device, threads=threads)
     for sentence in config.sentences:  # arguments are checked before the model loads
         try:
             split_at_blank(sentence, blank)
         except InputError as error:
             raise ConfigError(str(error)) from None
-    chosen = "json" if json_output else output_format.value
+    chosen = "json" if json_output else output_format
     results = BlankFiller(config).fill(iter_lines(sentences_from) if sentences_from else config.sentences)
     if chosen == "tsv":
         sys.stdout.write("\t".join(TSV_COLUMNS) + "\n")

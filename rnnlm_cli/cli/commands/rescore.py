@@ -10,27 +10,21 @@ import typer
 from rnnlm_cli.cli import output
 from rnnlm_cli.cli.options import (
     CheckpointArg,
-    Device,
     DeviceOpt,
-    Precision,
     PrecisionOpt,
     QuietOpt,
     ThreadsOpt,
-    choices,
 )
 from rnnlm_cli.config import (
-    NBEST_FORMATS,
-    RESCORE_CONTEXTS,
-    UNITS,
+    NbestFormat,
     NgramSettings,
+    RescoreContext,
     RescoreWeights,
+    Units,
 )
 
 NAME = "rescore"
 
-NbestFormat = choices("NbestFormat", NBEST_FORMATS)
-RescoreContext = choices("RescoreContext", RESCORE_CONTEXTS)
-Units = choices("Units", UNITS)
 _WEIGHTS = RescoreWeights()
 TUNE_TABLE_ROWS = 12  # rows of the --tune table, at most (and the chosen value)
 
@@ -49,7 +43,7 @@ def command(
     context: Annotated[RescoreContext, typer.Option(
         help="line: every hypothesis from a fresh state (SRILM's way); utterance: every hypothesis of an utterance "
              "after the previous utterance's first hypothesis, in the list's order (Kaldi's and Mikolov's way).")
-    ] = RescoreContext("line"),
+    ] = "line",
     units: Annotated[Units | None, typer.Option(
         show_default=False,
         help="The log base of every score read, written and weighted: log10 (SRILM, Mikolov) or ln (Kaldi's "
@@ -112,8 +106,8 @@ def command(
                          "hypotheses possible (the oracle).")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Prefix chains per forward pass; the result does not "
                                                         "depend on it.")] = 256,
-    precision: PrecisionOpt = Precision("fp32"),
-    device: DeviceOpt = Device("auto"),
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -160,12 +154,12 @@ def command(
              "rank_weight": rank_weight}
     weights = RescoreWeights(**{name: value for name, value in given.items() if value is not None},
                              score_weights=tuple(score_weight) if score_weight else None)
-    config = RescoreConfig(checkpoint=checkpoint, nbest=nbest, format=list_format.value if list_format else None,
-                           context=context.value, units=units.value if units else None, weights=weights,
+    config = RescoreConfig(checkpoint=checkpoint, nbest=nbest, format=list_format,
+                           context=context, units=units, weights=weights,
                            word_map=word_map, costs=tuple(costs or ()),
                            ngram=None if ngram is None else NgramSettings(ngram, *(
                                [] if ngram_weight is None else [ngram_weight])),
-                           batch_size=batch_size, precision=precision.value, device=device.value, threads=threads)
+                           batch_size=batch_size, precision=precision, device=device, threads=threads)
     if refs is not None and not (tune or report):
         raise ConfigError("--refs is read by --tune and --report: add one of them")
     if output_path is not None and output_path == nbest:

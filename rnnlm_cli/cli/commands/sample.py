@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from rnnlm_cli.cli import output
-from rnnlm_cli.cli.options import CheckpointArg, Device, DeviceOpt, QuietOpt, ThreadsOpt
+from rnnlm_cli.cli.options import CheckpointArg, DeviceOpt, QuietOpt, ThreadsOpt
 
 NAME = "sample"
 
@@ -45,7 +45,7 @@ def command(
         help="Print tokens as they are generated.")] = None,
     batch_size: Annotated[int, typer.Option(
         help="Samples generated together (prompts are never split across batches).")] = 256,
-    device: DeviceOpt = Device("auto"),
+    device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     json_output: Annotated[bool, typer.Option(
         "--json", help="JSON Lines: one object per sample with prompt, text, tokens and logprob (natural log).")
@@ -75,7 +75,7 @@ def command(
         raise ConfigError("give prompts with --prompt or with --prompts-from, not both")
     config = SampleConfig(checkpoint=checkpoint, prompts=list(prompt) if prompt else [""], num_samples=num_samples,
                           max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                          beam_size=beam_size, seed=seed, device=device.value, stop_at_eos=stop_at_eos,
+                          beam_size=beam_size, seed=seed, device=device, stop_at_eos=stop_at_eos,
                           batch_size=batch_size, threads=threads)
     if stream and json_output:
         raise ConfigError("--stream shows text as it grows; --json writes each sample once it is complete")

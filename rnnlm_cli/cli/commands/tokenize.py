@@ -6,7 +6,6 @@ import typer
 
 from rnnlm_cli.cli import output
 from rnnlm_cli.cli.options import (
-    EncodingErrors,
     EncodingErrorsOpt,
     JsonOpt,
     Kind,
@@ -27,7 +26,7 @@ def command(
     test: Annotated[str | None, typer.Option(
         metavar="FILE", help="Test text, encoded with the training vocabulary.")] = None,
     kind: Annotated[Kind, typer.Option(help="word: whitespace words; char: Unicode characters; "
-                                             "bpe / unigram: sentencepiece subwords.")] = Kind("word"),
+                                             "bpe / unigram: sentencepiece subwords.")] = "word",
     vocab_size: Annotated[int | None, typer.Option(min=3, help="Vocabulary size, special tokens included "
                           "[default: all words/chars for word and char, 8000 for bpe/unigram].",
                           show_default=False)] = None,
@@ -42,7 +41,7 @@ def command(
     force: Annotated[bool, typer.Option(
         "--force", help="Replace a dataset already in --out (the old one stays until the new one is complete).")
     ] = False,
-    encoding_errors: EncodingErrorsOpt = EncodingErrors("strict"),
+    encoding_errors: EncodingErrorsOpt = "strict",
     jobs: Annotated[int | None, typer.Option(
         "--jobs", "-j", min=1, show_default=False,
         help="Processes that encode the text (only text longer than 10,000 lines is split among them). "
@@ -67,10 +66,10 @@ def command(
     from rnnlm_cli.jobs.tokenize import tokenize_corpus
 
     output.setup_logging(quiet)
-    config = TokenizeConfig(train=train, out=out, valid=valid, test=test, kind=kind.value,
+    config = TokenizeConfig(train=train, out=out, valid=valid, test=test, kind=kind,
                             vocab_size=vocab_size, min_freq=min_freq, lowercase=lowercase,
                             character_coverage=character_coverage, force=force,
-                            encoding_errors=encoding_errors.value, jobs=jobs)
+                            encoding_errors=encoding_errors, jobs=jobs)
     summary = tokenize_corpus(config)
     if json_output:
         output.print_json(summary.to_dict())

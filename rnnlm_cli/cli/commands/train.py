@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -13,28 +13,27 @@ from rnnlm_cli.cli.options import (
     JsonOpt,
     Optimizer,
     QuietOpt,
-    choices,
 )
 from rnnlm_cli.config import (
-    DIRECTIONS,
     PRESET_SOURCES,
     PRESETS,
-    SCHEDULES,
-    SOFTMAXES,
-    TRAIN_PRECISIONS,
+    Direction,
+    Schedule,
+    Softmax,
     TrainConfig,
     parse_cutoffs,
+)
+from rnnlm_cli.config import (
+    TrainPrecision as Precision,
 )
 from rnnlm_cli.distributed import is_main_process
 from rnnlm_cli.errors import ConfigError
 
 NAME = "train"
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
-Preset = choices("Preset", tuple(PRESETS))
-Schedule = choices("Schedule", SCHEDULES)
-Precision = choices("Precision", TRAIN_PRECISIONS)
-Softmax = choices("Softmax", SOFTMAXES)
-Direction = choices("Direction", DIRECTIONS)
+# the settings taken from options of the same name; the others are arguments, or not options at all
+_OPTIONS = [name for name in _DEFAULTS if name not in ("dataset", "out", "preset", "force", "valid_fraction")]
+Preset = Literal[tuple(PRESETS)]  # the presets' names, as a choice
 _PRESET_HELP = "; ".join(f"{name}: {source}" for name, source in PRESET_SOURCES.items())
 
 
@@ -189,26 +188,17 @@ def command(
 
     main_process = is_main_process()  # under torchrun only rank 0 reports
     output.setup_logging(quiet or not main_process)
-    given = {
-        "cell": cell, "layers": layers, "emb_size": emb_size, "hidden_size": hidden_size, "dropout": dropout,
-        "dropout_input": dropout_input, "dropout_hidden": dropout_hidden, "dropout_output": dropout_output,
-        "variational": variational, "word_dropout": word_dropout, "tie_weights": tie_weights,
-        "init_range": init_range, "init_recurrent": init_recurrent, "forget_bias": forget_bias, "softmax": softmax,
-        "cutoffs": parse_cutoffs(cutoffs) if cutoffs is not None else None, "direction": direction, "bptt": bptt,
-        "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "clip": clip,
-        "epochs": epochs, "schedule": schedule, "lr_decay": lr_decay, "decay_start": decay_start,
-        "warmup_steps": warmup_steps, "patience": patience, "precision": precision, "seed": seed,
-        "device": device, "max_time": max_time, "save_every": save_every, "valid_every": valid_every,
-        "log_gradients": log_gradients, "threads": threads,
-    }
-    overrides = {key: getattr(value, "value", value) for key, value in given.items() if value is not None}
+    # every setting of TrainConfig is an option of this command, under its own name (None when not given)
+    overrides = {name: ctx.params[name] for name in _OPTIONS if ctx.params[name] is not None}
+    if "cutoffs" in overrides:
+        overrides["cutoffs"] = parse_cutoffs(overrides["cutoffs"])
     plan = None
     if resume is not None:
         config, plan = plan_resume(resume, dataset, overrides, out=out, preset=preset, force=force)
     elif out is None:
         raise ConfigError("--out is required (or --resume CKPT to continue a run)")
     else:
-        config = TrainConfig.from_preset(preset.value if preset else None, dataset=dataset, out=out, force=force,
+        config = TrainConfig.from_preset(preset, dataset=dataset, out=out, force=force,
                                          **overrides)
     result = train(config, resume=plan, progress=not quiet, started=(ctx.obj or {}).get("started"))
     if not main_process:

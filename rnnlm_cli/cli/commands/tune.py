@@ -8,30 +8,25 @@ from rnnlm_cli.cli import output
 from rnnlm_cli.cli.options import (
     CheckpointArg,
     Context,
-    Device,
     DeviceOpt,
-    EncodingErrors,
     EncodingErrorsOpt,
     JsonOpt,
-    Precision,
     PrecisionOpt,
     QuietOpt,
     ThreadsOpt,
-    choices,
 )
 from rnnlm_cli.config import (
-    DYNAMIC_RULES,
     TUNE_CACHE_LAMBDAS,
     TUNE_CACHE_THETAS,
     TUNE_CACHE_WINDOWS,
     TUNE_DYNAMIC_DECAYS,
     TUNE_DYNAMIC_LRS,
+    DynamicRule,
     DynamicSettings,
 )
 
 NAME = "tune"
 
-DynamicRule = choices("DynamicRule", DYNAMIC_RULES)
 
 
 def _grid(values) -> str:
@@ -60,7 +55,7 @@ def command(
         min=0, max=1, show_default=False,
         help=f"A lambda to try; repeat for more. [default: {_grid(TUNE_CACHE_LAMBDAS)}]")] = None,
     dynamic_rule: Annotated[DynamicRule, typer.Option(help="The update rule (see rnnlm eval --help).")
-                            ] = DynamicRule("rms"),
+                            ] = "rms",
     dynamic_lr: Annotated[list[float] | None, typer.Option(
         min=0, show_default=False,
         help=f"A learning rate to try; repeat for more. [default: {_grid(TUNE_DYNAMIC_LRS['rms'])} for rms, "
@@ -78,11 +73,11 @@ def command(
         min=0, max=1, show_default=False, help="An n-gram weight to try; repeat for more. [default: 0.05, 0.1, "
                                                "... 0.95]")] = None,
     context: Annotated[Context, typer.Option(help="As in rnnlm eval: tune for the context you will evaluate in.")
-                       ] = Context("stream"),
+                       ] = "stream",
     batch_size: Annotated[int, typer.Option(min=1, help="Lines per forward pass with --context line.")] = 64,
-    precision: PrecisionOpt = Precision("fp32"),
-    encoding_errors: EncodingErrorsOpt = EncodingErrors("strict"),
-    device: DeviceOpt = Device("auto"),
+    precision: PrecisionOpt = "fp32",
+    encoding_errors: EncodingErrorsOpt = "strict",
+    device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -108,13 +103,13 @@ def command(
 
     output.setup_logging(quiet)
     config = TuneConfig(
-        checkpoint=checkpoint, text=text, context=context.value, cache=cache, dynamic=dynamic, ngram=ngram,
+        checkpoint=checkpoint, text=text, context=context, cache=cache, dynamic=dynamic, ngram=ngram,
         cache_windows=tuple(cache_window or TUNE_CACHE_WINDOWS), cache_thetas=tuple(cache_theta or TUNE_CACHE_THETAS),
-        cache_lambdas=tuple(cache_lambda or TUNE_CACHE_LAMBDAS), dynamic_rule=dynamic_rule.value,
+        cache_lambdas=tuple(cache_lambda or TUNE_CACHE_LAMBDAS), dynamic_rule=dynamic_rule,
         dynamic_lrs=tuple(dynamic_lr) if dynamic_lr else None,
         dynamic_decays=tuple(dynamic_decay or TUNE_DYNAMIC_DECAYS), dynamic_segment=dynamic_segment,
         dynamic_data=dynamic_data, ngram_weights=tuple(ngram_weight or TUNE_NGRAM_WEIGHTS), batch_size=batch_size,
-        precision=precision.value, device=device.value, encoding_errors=encoding_errors.value, threads=threads)
+        precision=precision, device=device, encoding_errors=encoding_errors, threads=threads)
     result = tune(config, progress=not quiet)
     if json_output:
         output.print_json(result.to_dict())

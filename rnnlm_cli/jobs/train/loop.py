@@ -329,9 +329,9 @@ class Trainer:
         return path
 
     def _stop_on_signal(self, signum: int) -> None:
-        """Save the resumable state where training stands (mid-epoch is fine) and stop with 128 + signal."""
+        """Save the resumable state where training stands (mid-epoch is fine) and stop with the signal's exit code."""
         last = self._save_state()
-        raise TrainingInterrupted(report.interrupted(signum, self.state, last, self.config), 128 + signum)
+        raise TrainingInterrupted(report.interrupted(signum, self.state, last, self.config), signum)
 
     def _restore(self, plan: ResumePlan) -> None:
         config, model = self.config, self.model

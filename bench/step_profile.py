@@ -6,12 +6,12 @@
     python bench/step_profile.py --preset small --loop 60  # also the trainer's own loop on PTB, 60 s
     python bench/step_profile.py --preset medium --plain 45  # also the plain fp32 loop of train_speed.py, 45 s
 
-Runs the calls `rnnlm train` makes for one step of plain SGD (the model's training forward pass and fused
-loss under the training precision, backward with a sparse embedding gradient, the global gradient norm,
-the plain SGD step of `rnnlm_cli/model/sgd.py`) on random token ids over the
+Runs one step of `rnnlm train` through the trainer's own parts (``rnnlm_cli/jobs/train/step.py``: the model's
+training forward pass and fused loss under the training precision, backward with a sparse embedding gradient,
+the global gradient norm and clipping, the plain SGD step of `rnnlm_cli/model/sgd.py`) on random token ids over the
 PTB vocabulary size (10,000): speed does not depend on the data. Prints the mean step time over
 ``--steps`` timed steps, then a torch.profiler table of the same number of steps (the profiler adds
-overhead, so its total is a little higher). Writes nothing; docs/benchmarks.md's profiling notes quote it.
+overhead, so its total is a little higher). Writes nothing; docs/benchmarks-history.md's profiling notes quote it.
 
 With ``--loop S`` it also trains the preset on PTB for S seconds through ``rnnlm_cli.jobs.train.train`` (the
 loop `rnnlm train` runs, with its data batches, progress bookkeeping and checks) between two timings of the
@@ -37,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, tokenized
 from train_speed import plain_loop
 
+from rnnlm_cli import distributed
 from rnnlm_cli.config import PRESETS, TrainConfig
 from rnnlm_cli.data import Dataset
-from rnnlm_cli.jobs.train import gradient_norm, train
+from rnnlm_cli.jobs.train import train
+from rnnlm_cli.jobs.train.step import LossStep, Optimization
 from rnnlm_cli.model import ModelConfig, RNNLanguageModel, detach_hidden
-from rnnlm_cli.model.sgd import PlainSGD
 from rnnlm_cli.runtime import autocast, keep_freed_memory, resolve_precision
 
 
@@ -66,26 +67,28 @@ def main() -> None:
     preset = PRESETS[args.preset]
     device = torch.device("cpu")
     precision = resolve_precision(args.precision, device)
-    config = ModelConfig(10_000, **{key: preset[key] for key in ("cell", "emb_size", "hidden_size", "layers",
-                                                                 "dropout", "init_range")})
+    # the trainer's own step parts for the preset: its forward pass and loss, optimizer, clipping and schedule rate
+    train_config = TrainConfig(dataset="", out="", **preset, precision=args.precision)
+    config = ModelConfig(10_000, **train_config.architecture())
     model = RNNLanguageModel(config).train()
-    model.sparse_embedding_gradient = not args.dense_embedding_gradient  # as rnnlm train does for plain SGD
-    parameters = list(model.parameters())
-    optimizer = PlainSGD(parameters, lr=preset["lr"])  # the presets' optimizer in rnnlm train
+    optimization = Optimization(train_config, model, distributed.world_from_env(), device)
+    if args.dense_embedding_gradient:
+        model.sparse_embedding_gradient = False
+    loss_step = LossStep(model, config.readings())
     batch, bptt = preset["batch_size"], preset["bptt"]
     inputs, targets = torch.randint(0, 10_000, (batch, bptt)), torch.randint(0, 10_000, (batch, bptt))
     hidden = model.init_hidden(batch)
 
     def step() -> None:
+        """One step as rnnlm train takes it (rnnlm_cli/jobs/train/loop.py), without its data and bookkeeping."""
         nonlocal hidden
         with autocast(device, precision):
-            features, new_hidden = model.features(inputs, detach_hidden(hidden))
-            loss = model.loss(features.reshape(-1, features.shape[-1]), targets.reshape(-1))
-        optimizer.zero_grad()
+            loss, (new_hidden,) = loss_step([[inputs, targets]], [detach_hidden(hidden)])
+        optimization.optimizer.zero_grad()
         loss.backward()
-        gradient_norm(parameters)
-        optimizer.step()
+        _, scale = optimization.clip()
         loss.item()
+        optimization.apply(train_config.lr, scale)
         hidden = new_hidden
 
     def timed_steps() -> float:

@@ -143,7 +143,7 @@ class ThreadShare:
 
     Torch's OpenMP threads spin-wait for each other at the end of every parallel region. With another busy process
     on the same cores, each region waits for a thread that is not running: on 2 cores two trainings at 2 threads
-    each ran at 3-25% of their speed alone, with this at 58-63% (docs/benchmarks.md). So every ``interval``
+    each ran at 3-25% of their speed alone, with this at 58-63% (docs/benchmarks-history.md). So every ``interval``
     seconds ``poll`` looks at how many cores the rest of the machine kept busy and leaves them to it. ``since``, a
     reading from before the job began (while it loaded its data and model), decides the first count, so that a job
     started beside a busy one does not begin by colliding with it.

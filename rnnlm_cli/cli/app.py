@@ -196,7 +196,7 @@ def main() -> None:
 
     Once a command has finished, the process runs the atexit handlers, flushes its output and leaves with
     os._exit. That skips the interpreter's teardown of torch's modules, 0.4-0.8 s spent on every command
-    (docs/benchmarks.md) that a shell loop over many corpora would pay each time. Tests call ``app`` instead.
+    (docs/benchmarks-history.md) that a shell loop over many corpora would pay each time. Tests call ``app`` instead.
     """
     try:
         app(obj={"started": time.monotonic()})  # rnnlm train's --max-time budget counts from here

@@ -7,7 +7,7 @@ products run in bf16 (fp32 accumulation) while the cell state, the gates and all
 back stay in fp32. The products' inputs are cast once and saved in ``dtype`` for the backward pass
 (the input sequence, both weights, every step's h and gate gradient), which halves what bf16
 training keeps for it and saves a cast of each. On this project's CPUs it trains faster than
-PyTorch's oneDNN LSTM in fp32 and in bf16 (docs/benchmarks.md). The parameter layout is
+PyTorch's oneDNN LSTM in fp32 and in bf16 (docs/benchmarks-history.md). The parameter layout is
 ``nn.LSTM``'s (gates i, f, g, o) and so is the math, so the same weights run through ``nn.LSTM`` for
 inference; only tanh of the g gate is computed as 2 sigmoid(2 z) - 1 (the same value within 2e-7).
 

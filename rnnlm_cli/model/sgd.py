@@ -1,7 +1,7 @@
 """Plain SGD without torch.optim.
 
 ``torch.optim``'s first use imports ``torch._dynamo``, which took 1.0-1.6 s of every `rnnlm train` process on
-the benchmark machine (docs/benchmarks.md) for an update that is one line here. Only SGD without momentum and
+the benchmark machine (docs/benchmarks-history.md) for an update that is one line here. Only SGD without momentum and
 weight decay, the presets' optimizer, uses this; the others keep torch.optim.
 """
 

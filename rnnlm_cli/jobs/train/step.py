@@ -57,7 +57,7 @@ class Optimization:
     """The optimizer, with the gradient clipping and the learning rate applied at each step.
 
     For SGD without weight decay, clipping the gradients by a factor c is the same update as a step with the
-    learning rate times c; that skips a read and a write of every gradient (measured in docs/benchmarks.md), and
+    learning rate times c; that skips a read and a write of every gradient (measured in docs/benchmarks-history.md), and
     lets the embedding's gradient stay sparse. Other optimizers get their gradients clipped in place.
     """
 
@@ -137,7 +137,7 @@ def sparse_embedding_gradient(config: TrainConfig, model: RNNLanguageModel, worl
     factor folded in, which adds just the rows read) and nothing else gives that matrix a dense gradient (tied
     output weights, word dropout). One process on a CPU only: DistributedDataParallel and GPUs keep the dense
     gradient this is tested against. A 2x200 step: the dense gradient's zero-filled 10,000 x 200 matrix, its
-    norm and its update cost about 5% of the step (docs/benchmarks.md)."""
+    norm and its update cost about 5% of the step (docs/benchmarks-history.md)."""
     model_config = model.config
     return (plain_sgd(config) and not model_config.tie_weights and model_config.word_dropout == 0
             and not world.active and device.type == "cpu")

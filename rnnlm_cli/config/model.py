@@ -85,7 +85,7 @@ class ModelConfig(ModelSettings):
         return {"forward": [False], "backward": [True], "both": [False, True]}[self.direction]
 
     def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
+        values = {"vocab_size": self.vocab_size, **asdict(self)}  # the vocabulary first, as checkpoints list it
         if values["forget_bias"] is None:  # checkpoints without it read as before, in any version of rnnlm
             del values["forget_bias"]
         return values

@@ -63,7 +63,7 @@ class Budget:
         self.signals = StopSignals()
 
     def __enter__(self) -> Budget:
-        self.signals = StopSignals().__enter__()
+        self.signals.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:

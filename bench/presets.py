@@ -18,6 +18,7 @@ so a run that is cut off before it ends still leaves its validation curve in doc
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -28,8 +29,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import itertools
-
 from common import ROOT, SHARED_DATA, machine, publish, run_rnnlm, tokenized
 
 from rnnlm_cli.checkpoint import epoch_label, load_checkpoint

@@ -6,6 +6,7 @@
     python bench/presets.py medium --max-hours 2 --resume   # continues that run where it stopped
     python bench/presets.py small --compare         # bf16 against fp32, from the two finished runs above
     python bench/presets.py medium --report         # rewrites the section from the stored run (no training)
+    python bench/presets.py small --curves small-fast  # time to quality: the finished runs side by side, and a plot
 
 Runs `rnnlm train DATA --preset NAME --out checkpoints/ptb-NAME-PRECISION.pt` as one process, then
 `rnnlm eval` on the test split with the stream context (the protocol behind the published numbers).
@@ -47,9 +48,15 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in checkpoints/ where it stopped")
     parser.add_argument("--compare", action="store_true", help="compare the finished auto and fp32 runs")
     parser.add_argument("--report", action="store_true", help="rewrite the section from the stored run, no training")
+    parser.add_argument("--curves", metavar="PRESET,...", default=None,
+                        help="no training: validation ppl against minutes of the finished runs of this preset and "
+                             "these, side by side, as a table and docs/time-to-quality-ptb.svg (needs matplotlib)")
     args = parser.parse_args()
 
     out_dir = ROOT / "checkpoints"
+    if args.curves:
+        time_to_quality([args.preset, *args.curves.split(",")], args.precision, out_dir)
+        return
     if args.compare:
         compare_precisions(args.preset, out_dir, args.data)
         return
@@ -86,6 +93,10 @@ def report(args: argparse.Namespace, checkpoint: Path, run: dict, seconds: float
     _, stdout = run_rnnlm("eval", checkpoint, args.data / "test.txt", "--json", "-q")
     test = json.loads(stdout)["total"]
     history = run["history"]
+    if not args.epochs:  # what --curves reads: the test ppl and the time of a finished run
+        result_path(checkpoint).write_text(json.dumps({"test_ppl": test["ppl"], "seconds": seconds,
+                                                       "machine": machine(), "finished": time.strftime(
+                                                           "%Y-%m-%d %H:%M UTC", time.gmtime())}) + "\n")
     segments = max(1 + sum(after["elapsed_seconds"] < record["elapsed_seconds"]
                            for record, after in itertools.pairwise(history)),
                    max(record.get("process", 1) for record in history))
@@ -166,6 +177,78 @@ def cumulative_elapsed(history: list[dict]) -> list[float]:
         previous = record["elapsed_seconds"]
         since_start.append(base + previous)
     return since_start
+
+
+def result_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(f"{checkpoint.stem}.result.json")
+
+
+def time_to_quality(presets: list[str], precision: str, out_dir: Path) -> None:
+    """The finished runs of ``presets`` side by side: each one's validation ppl against wall-clock minutes, its test
+    ppl and its time as a share of the first one's; a table in docs/benchmarks.md and a plot beside it."""
+    runs = {}
+    for preset in presets:
+        checkpoint = out_dir / f"ptb-{preset}-{precision}.pt"
+        result = json.loads(result_path(checkpoint).read_text(encoding="utf-8"))
+        history = load_checkpoint(last_state_path(checkpoint)).train["history"]
+        runs[preset] = (result, history, [seconds / 60 for seconds in cumulative_elapsed(history)])
+    first = runs[presets[0]][0]["seconds"]
+    rows = ["| preset | recipe | epochs | best valid ppl | PTB test ppl | wall-clock (min) | of the first's time |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for preset, (result, history, _) in runs.items():
+        rows.append(f"| `{preset}` | {PRESET_SOURCES[preset]} | {len(history)} | "
+                    f"{min(r['valid_ppl'] for r in history):.2f} | {result['test_ppl']:.2f} | "
+                    f"{result['seconds'] / 60:.1f} | {100 * result['seconds'] / first:.0f}% |")
+    marks = range(1, math.ceil(max(elapsed[-1] for _, _, elapsed in runs.values())) + 1)  # whole minutes
+    curve_rows = ["| minutes | " + " | ".join(f"`{preset}` valid ppl" for preset in presets) + " |",
+                  "|---:|" + "---:|" * len(presets)]
+    for minutes in marks:  # each run's best validation ppl so far, at every minute mark any run validated
+        cells = []
+        for _, history, elapsed in runs.values():
+            seen = [r["valid_ppl"] for r, at in zip(history, elapsed) if at <= minutes]
+            cells.append(f"{min(seen):.2f}" if seen else "")
+        curve_rows.append(f"| {minutes} | " + " | ".join(cells) + " |")
+    picture = ROOT / "docs" / f"time-to-quality-ptb-{precision}.svg"
+    drawn = plot_time_to_quality(runs, picture)
+    machines = sorted({result["machine"] for result, _, _ in runs.values()})
+    body = "\n\n".join([
+        f"## Time to quality on PTB (`bench/presets.py {presets[0]} --curves {','.join(presets[1:])}`)",
+        f"Each run is `python bench/presets.py PRESET --precision {precision}`: one whole `rnnlm train` process, "
+        "then `rnnlm eval` of its best checkpoint on the test split. Runs measured one after the other on "
+        f"{'one machine' if len(machines) == 1 else 'these machines'}: {'; '.join(machines)}. Finished: "
+        + ", ".join(f"`{preset}` {result['finished']}" for preset, (result, _, _) in runs.items()) + ".",
+        "\n".join(rows),
+        "The best validation ppl each run had reached after so many wall-clock minutes of its process (a run "
+        "that has ended keeps its last value):"
+        + (f" ![validation ppl against minutes]({picture.name})" if drawn else ""),
+        "\n".join(curve_rows),
+    ])
+    publish(f"time-to-quality-{precision}", body, dry_run=False)
+
+
+def plot_time_to_quality(runs: dict, path: Path) -> bool:
+    """Validation ppl against minutes, one line per run; False (and a note) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is missing (pip install '.[plot]'): the table is written, the picture is not")
+        return False
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    for preset, (result, history, elapsed) in runs.items():
+        axes.plot(elapsed, [r["valid_ppl"] for r in history], marker="o",
+                  label=f"{preset} (test {result['test_ppl']:.1f})")
+    axes.set_xlabel("wall-clock minutes")
+    axes.set_ylabel("validation perplexity")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
+    plt.close(figure)
+    print(f"wrote {path}")
+    return True
 
 
 def compare_precisions(preset: str, out_dir: Path, data: Path) -> None:

@@ -271,6 +271,15 @@ def test_presets_apply_and_explicit_options_win(cli, word_dataset, tmp_path):
                                            expect=2).stderr.replace("\n", " ")
 
 
+def test_the_small_fast_preset_ties_and_halves_the_rate_after_its_second_epoch(cli, word_dataset, tmp_path):
+    summary = cli.json("train", word_dataset, "--out", tmp_path / "f.pt", "--preset", "small-fast",
+                       "--hidden-size", "16", "--emb-size", "16", "--batch-size", "4", "-q")
+    assert [record["lr"] for record in summary["history"]] == [35, 35, 17.5, 8.75] and summary["epochs"] == 4
+    info = cli.json("info", tmp_path / "f.pt")
+    assert info["model_config"]["tie_weights"] is True and info["model_config"]["dropout"] == 0
+    assert (info["train_config"]["bptt"], info["train_config"]["clip"]) == (35, pytest.approx(5 / 35))
+
+
 def test_precision_selection(cli, word_dataset, tmp_path, monkeypatch):
     from rnnlm_cli import runtime
 

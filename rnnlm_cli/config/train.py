@@ -46,11 +46,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "large-tied": {**_PYTORCH_EXAMPLE, "emb_size": 1500, "hidden_size": 1500, "dropout": 0.65},
 }
 PRESETS["small-tied"] = {**PRESETS["small"], "tie_weights": True}
+# rnnlm's fast recipe for the small model (docs/benchmarks.md, "Time to quality on PTB"): tied embeddings, windows of
+# 35 steps (lr and clip scaled as for medium), and the rate halved every epoch after the 2nd of 4
+PRESETS["small-fast"] = {**PRESETS["small-tied"], "bptt": 35, "lr": 35.0, "clip": 5 / 35, "epochs": 4,
+                         "decay_start": 2, "lr_decay": 2.0}
 PRESET_SOURCES = {
     "small": "Zaremba et al. 2014 small: 2x200, no dropout, 13 epochs (published PTB test ppl 114.5)",
     "medium": "Zaremba et al. 2014 medium: 2x650, dropout 0.5, 39 epochs (published 82.7)",
     "large": "Zaremba et al. 2014 large: 2x1500, dropout 0.65, 55 epochs (published 78.4)",
     "small-tied": "Zaremba small with tied input/output embeddings",
+    "small-fast": "rnnlm's fast small recipe: small tied, bptt 35, 4 epochs, lr halved every epoch after the 2nd",
     "medium-tied": "PyTorch word_language_model example, 2x650 tied, dropout 0.5, 40 epochs (published 75.96)",
     "large-tied": "PyTorch word_language_model example, 2x1500 tied, dropout 0.65, 40 epochs (published 72.30)",
 }

@@ -57,7 +57,8 @@ def command(
         help="Continue the run whose checkpoint is CKPT from its latest state (same dataset). "
              "Options given now override the run's, except the model's shape and the optimizer.")] = None,
     preset: Annotated[Preset | None, typer.Option(
-        show_default=False, help=f"Start from a published recipe; explicit options override it. {_PRESET_HELP}.")
+        show_default=False, help=f"Start from a recipe (published ones, and rnnlm's faster small-fast); explicit "
+                                 f"options override it. {_PRESET_HELP}.")
     ] = None,
     cell: Annotated[Cell | None, _option("cell", "Recurrent cell.")] = None,
     layers: Annotated[int | None, _option("layers", "Recurrent layers.", min=1)] = None,
@@ -171,6 +172,7 @@ def command(
 
     \b
       rnnlm train data/ptb --out small.pt --preset small
+      rnnlm train data/ptb --out fast.pt --preset small-fast  # 4 epochs, tied
       rnnlm train data/ptb --out ptb.pt --cell gru --hidden-size 400 \\
           --optimizer adam --schedule cosine
       rnnlm train data/ptb --resume small.pt --epochs 20

@@ -159,7 +159,7 @@ class Trainer:
                         stop_reason = "early_stop"
                 elif self.stopping:
                     stop_reason = "max_time"
-                if improved:
+                if improved and self.files.writes:  # only the main process builds and writes it
                     self.files.save_best(self._checkpoint(with_state=False))
                 self._save_state()
                 budget.finished(finishing)
@@ -182,8 +182,8 @@ class Trainer:
 
     def train_epoch(self) -> bool:
         """Train from ``state.batch`` to the end of the epoch, or until the budget stops it; True if it finished."""
-        config, state, model, batches, optimization = self.config, self.state, self.model, self.batches, \
-            self.optimization
+        config, state, model, batches = self.config, self.state, self.model, self.batches
+        optimization = self.optimization
         model.train()
         self._set_lr(self.schedule.epoch_start(state.epoch, state.lr))
         self.hiddens = [model.init_hidden(batches.batch_size, self.device) if hidden is None else hidden

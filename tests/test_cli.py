@@ -80,7 +80,7 @@ def test_shell_completion_completes_options_and_choices(cli):
     assert "--install-completion" in cli("--help").stdout
     result = cli(env={"_RNNLM_COMPLETE": "complete_bash", "COMP_WORDS": "rnnlm train --preset medium",
                       "COMP_CWORD": "3"}, prog_name="rnnlm")
-    assert result.stdout.split() == ["medium", "medium-tied"]
+    assert result.stdout.split() == ["medium", "medium-tied", "medium-fast"]
 
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["info", "{model}"], ["info", "{model}", "--json"]])

@@ -280,6 +280,17 @@ def test_the_small_fast_preset_ties_and_halves_the_rate_after_its_second_epoch(c
     assert (info["train_config"]["bptt"], info["train_config"]["clip"]) == (35, pytest.approx(5 / 35))
 
 
+def test_the_medium_fast_preset_ties_and_divides_the_rate_by_1_4_after_its_sixth_epoch(cli, word_dataset, tmp_path):
+    summary = cli.json("train", word_dataset, "--out", tmp_path / "m.pt", "--preset", "medium-fast", "--epochs", "8",
+                       "--hidden-size", "16", "--emb-size", "16", "--batch-size", "4", "-q")
+    assert [record["lr"] for record in summary["history"]] == pytest.approx([35] * 6 + [25, 25 / 1.4])
+    info = cli.json("info", tmp_path / "m.pt")
+    assert info["model_config"]["tie_weights"] is True and info["model_config"]["dropout"] == 0.5
+    settings = info["train_config"]
+    assert settings["epochs"] == 8 and settings["preset"] == "medium-fast"  # the explicit option won over its 18
+    assert (settings["bptt"], settings["init_range"], settings["lr_decay"]) == (35, 0.05, 1.4)
+
+
 def test_precision_selection(cli, word_dataset, tmp_path, monkeypatch):
     from rnnlm_cli import runtime
 

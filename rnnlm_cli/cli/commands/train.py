@@ -57,9 +57,9 @@ def command(
         help="Continue the run whose checkpoint is CKPT from its latest state (same dataset). "
              "Options given now override the run's, except the model's shape and the optimizer.")] = None,
     preset: Annotated[Preset | None, typer.Option(
-        show_default=False, help=f"Start from a recipe (published ones, and rnnlm's faster small-fast); explicit "
-                                 f"options override it. {_PRESET_HELP}.")
-    ] = None,
+        metavar="NAME", show_default=False,
+        help=f"Start from a recipe (published ones, and rnnlm's faster small-fast and medium-fast); explicit options "
+             f"override it. {_PRESET_HELP}.")] = None,
     cell: Annotated[Cell | None, _option("cell", "Recurrent cell.")] = None,
     layers: Annotated[int | None, _option("layers", "Recurrent layers.", min=1)] = None,
     emb_size: Annotated[int | None, _option("emb_size", "Embedding size.", min=1)] = None,
@@ -173,6 +173,7 @@ def command(
     \b
       rnnlm train data/ptb --out small.pt --preset small
       rnnlm train data/ptb --out fast.pt --preset small-fast  # 4 epochs, tied
+      rnnlm train data/ptb --out medium.pt --preset medium-fast  # 18 epochs
       rnnlm train data/ptb --out ptb.pt --cell gru --hidden-size 400 \\
           --optimizer adam --schedule cosine
       rnnlm train data/ptb --resume small.pt --epochs 20

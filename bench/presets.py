@@ -114,7 +114,8 @@ def report(args: argparse.Namespace, checkpoint: Path, run: dict, seconds: float
         *heading(args, run["precision"]),
         f"**{corpus_label(args.data.name)} test ppl {test['ppl']:.2f}** (`rnnlm eval`, stream context; "
         f"{test['tokens']:,} tokens) after "
-        f"{run['epochs']} epochs{'' if history[-1]['complete'] else ' and part of the next'} ({run['stop_reason']}); "
+        f"{run['epochs']} epoch{'s' * (run['epochs'] != 1)}"
+        f"{'' if history[-1]['complete'] else ' and part of the next'} ({run['stop_reason']}); "
         f"best validation ppl {run['best_valid_ppl']:.2f} "
         f"at epoch {run['best_epoch']}; training took **{seconds / 60:.1f} minutes** of wall-clock time ({how}).",
         curve(history),
